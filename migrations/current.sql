@@ -1,0 +1,1 @@
+-- Enter the next migration here. Keep it idempotent (create or replace, drop … if exists).

@@ -1,0 +1,182 @@
+// Configuration: every environment variable the service reads is parsed here, and only here.
+// README.md ("Configuration") lists them; keep the two in step.
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+export type WorkerMode = "inline" | "off";
+
+export interface Config {
+  nodeEnv: string;
+  isProduction: boolean;
+  host: string;
+  port: number;
+  /** Owner connection (migrations, worker). Unset → embedded PostgreSQL. */
+  databaseUrl: string | undefined;
+  /** Authenticator connection used by the API for every request. */
+  authDatabaseUrl: string | undefined;
+  /** Superuser connection, only for `npm run db:init`. */
+  rootDatabaseUrl: string | undefined;
+  embedded: {
+    dataDir: string;
+    port: number;
+    databaseName: string;
+  };
+  graphiql: boolean;
+  corsAllowedOrigins: string[];
+  bodyLimit: string;
+  maxRequestBytes: number;
+  worker: WorkerMode;
+  workerConcurrency: number;
+  migrateOnStart: boolean;
+  logLevel: string;
+  shutdownTimeoutMs: number;
+  pgPoolMax: number;
+  pageSizeMax: number;
+  jwt: {
+    secret: string | undefined;
+    issuer: string;
+    audience: string;
+    accessTokenTtlSeconds: number;
+    refreshTokenTtlSeconds: number;
+  };
+  externalJwt: {
+    secret: string | undefined;
+    issuer: string | undefined;
+    audience: string | undefined;
+    defaultOrganization: string | undefined;
+    roleMap: Record<string, string>;
+  };
+  auth: {
+    requireEmailConfirmation: boolean;
+    bcryptCost: number;
+    passwordMinLength: number;
+    loginMaxFailures: number;
+    loginLockSeconds: number;
+    ipMaxFailures: number;
+    trustProxy: boolean;
+  };
+  demo: boolean;
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer between ${min} and ${max} (got "${raw}")`);
+  }
+  return value;
+}
+
+function bool(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name} must be true or false (got "${raw}")`);
+}
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const DEFAULT_ROLE_MAP: Record<string, string> = {
+  admin: "Administrator",
+  administrator: "Administrator",
+  manager: "Sales Manager",
+  agent: "Sales Representative",
+  sales: "Sales Representative",
+  finance: "Finance",
+  viewer: "Viewer",
+};
+
+function roleMap(raw: string | undefined): Record<string, string> {
+  if (!raw) return DEFAULT_ROLE_MAP;
+  const map: Record<string, string> = {};
+  for (const pair of list(raw)) {
+    const [claim, role] = pair.split("=").map((s) => s?.trim());
+    if (!claim || !role) throw new ConfigError(`EXTERNAL_JWT_ROLE_MAP entries look like claim=Role Name (got "${pair}")`);
+    map[claim.toLowerCase()] = role;
+  }
+  return map;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const nodeEnv = env.NODE_ENV || "development";
+  const isProduction = nodeEnv === "production";
+  const worker = (env.WORKER || "inline").toLowerCase();
+  if (worker !== "inline" && worker !== "off") throw new ConfigError(`WORKER must be inline or off (got "${worker}")`);
+  const databaseUrl = env.DATABASE_URL || undefined;
+  const authDatabaseUrl = env.AUTH_DATABASE_URL || undefined;
+  if (databaseUrl && !authDatabaseUrl) {
+    throw new ConfigError("AUTH_DATABASE_URL (the crm_authenticator connection) is required when DATABASE_URL is set");
+  }
+  if (isProduction && !databaseUrl) {
+    throw new ConfigError("NODE_ENV=production needs DATABASE_URL and AUTH_DATABASE_URL; the embedded database is for development");
+  }
+  if (isProduction && !env.JWT_SECRET) {
+    throw new ConfigError("NODE_ENV=production needs JWT_SECRET (at least 32 characters)");
+  }
+  if (env.JWT_SECRET && env.JWT_SECRET.length < 32) {
+    throw new ConfigError("JWT_SECRET must be at least 32 characters");
+  }
+  const maxRequestBytes = int(env, "MAX_REQUEST_BYTES", 1_000_000, 1_000, 50_000_000);
+  return {
+    nodeEnv,
+    isProduction,
+    host: env.HOST || "127.0.0.1",
+    port: int(env, "PORT", 4000, 0, 65535),
+    databaseUrl,
+    authDatabaseUrl,
+    rootDatabaseUrl: env.ROOT_DATABASE_URL || undefined,
+    embedded: {
+      dataDir: path.resolve(ROOT_DIR, env.EMBEDDED_PG_DIR || ".data"),
+      port: int(env, "EMBEDDED_PG_PORT", 54329, 1024, 65535),
+      databaseName: env.EMBEDDED_PG_DATABASE || "cairn",
+    },
+    graphiql: bool(env, "GRAPHIQL", !isProduction),
+    corsAllowedOrigins: list(env.CORS_ALLOWED_ORIGINS),
+    bodyLimit: `${maxRequestBytes}b`,
+    maxRequestBytes,
+    worker,
+    workerConcurrency: int(env, "WORKER_CONCURRENCY", 4, 1, 100),
+    migrateOnStart: bool(env, "MIGRATE_ON_START", true),
+    logLevel: env.LOG_LEVEL || (nodeEnv === "test" ? "warn" : "info"),
+    shutdownTimeoutMs: int(env, "SHUTDOWN_TIMEOUT_MS", 10_000, 100, 600_000),
+    pgPoolMax: int(env, "PG_POOL_MAX", 10, 1, 1000),
+    pageSizeMax: int(env, "PAGE_SIZE_MAX", 100, 1, 10_000),
+    jwt: {
+      secret: env.JWT_SECRET || undefined,
+      issuer: env.JWT_ISSUER || "cairn",
+      audience: env.JWT_AUDIENCE || "cairn-api",
+      accessTokenTtlSeconds: int(env, "ACCESS_TOKEN_TTL_SECONDS", 15 * 60, 10, 24 * 3600),
+      refreshTokenTtlSeconds: int(env, "REFRESH_TOKEN_TTL_SECONDS", 7 * 24 * 3600, 60, 365 * 24 * 3600),
+    },
+    externalJwt: {
+      secret: env.EXTERNAL_JWT_SECRET || undefined,
+      issuer: env.EXTERNAL_JWT_ISSUER || undefined,
+      audience: env.EXTERNAL_JWT_AUDIENCE || undefined,
+      defaultOrganization: env.EXTERNAL_JWT_ORGANIZATION || undefined,
+      roleMap: roleMap(env.EXTERNAL_JWT_ROLE_MAP),
+    },
+    auth: {
+      requireEmailConfirmation: bool(env, "REQUIRE_EMAIL_CONFIRMATION", false),
+      bcryptCost: int(env, "BCRYPT_COST", 10, 4, 16),
+      passwordMinLength: int(env, "PASSWORD_MIN_LENGTH", 10, 8, 256),
+      loginMaxFailures: int(env, "LOGIN_MAX_FAILURES", 5, 1, 1000),
+      loginLockSeconds: int(env, "LOGIN_LOCK_SECONDS", 15 * 60, 1, 24 * 3600),
+      ipMaxFailures: int(env, "LOGIN_IP_MAX_FAILURES", 20, 1, 100_000),
+      trustProxy: bool(env, "TRUST_PROXY", false),
+    },
+    demo: bool(env, "DEMO_DATA", !isProduction && !databaseUrl),
+  };
+}

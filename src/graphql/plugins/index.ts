@@ -1,0 +1,2 @@
+// Schema plugins of our own, in the order they apply.
+export const extraPlugins: GraphileConfig.Plugin[] = [];

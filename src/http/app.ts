@@ -1,0 +1,188 @@
+// The HTTP shell: request ids and logs, CORS, security headers, health/readiness/metrics, and
+// PostGraphile (grafserv) on /graphql with Ruru on /graphiql and graphql-ws on the same server.
+import { createServer, type Server } from "node:http";
+import crypto from "node:crypto";
+import express, { type Request, type Response, type NextFunction } from "express";
+import helmet from "helmet";
+import cors from "cors";
+import type { Pool } from "pg";
+import { postgraphile, type PostGraphileInstance } from "postgraphile";
+import { grafserv } from "postgraphile/grafserv/express/v4";
+import type { Config } from "../config.ts";
+import type { Logger } from "../logger.ts";
+import { makePreset } from "../graphql/preset.ts";
+import { makeMaskError } from "./errors.ts";
+import { Metrics } from "./metrics.ts";
+import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
+
+export interface ReadinessCheck {
+  name: string;
+  check: () => Promise<boolean>;
+}
+
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  authPool: Pool;
+  ownerPool?: Pool;
+  jwtSecret: string;
+  resolvePrincipal: PrincipalResolver;
+  readiness: ReadinessCheck[];
+  queueDepth: () => Promise<number | null>;
+}
+
+export interface App {
+  server: Server;
+  metrics: Metrics;
+  pgl: PostGraphileInstance;
+  listen: () => Promise<{ host: string; port: number }>;
+  /** Stop accepting, finish in-flight requests (bounded), release PostGraphile. */
+  close: () => Promise<void>;
+}
+
+declare module "express-serve-static-core" {
+  interface Request {
+    id: string;
+    log: Logger;
+  }
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export async function createApp(deps: AppDeps): Promise<App> {
+  const { config, logger } = deps;
+  const metrics = new Metrics({ auth: deps.authPool, owner: deps.ownerPool }, deps.queueDepth);
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("trust proxy", config.auth.trustProxy);
+
+  // Request id + access log + HTTP metrics.
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    const incoming = req.header("x-request-id");
+    req.id = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+    req.log = logger.child({ requestId: req.id });
+    res.setHeader("X-Request-Id", req.id);
+    const start = process.hrtime.bigint();
+    res.on("finish", () => {
+      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+      const route = routeLabel(req.path);
+      const labels = { route, method: req.method, status: String(res.statusCode) };
+      metrics.httpRequests.inc(labels);
+      metrics.httpDuration.observe(labels, seconds);
+      if (route !== "/health" && route !== "/metrics") {
+        req.log.info(
+          { method: req.method, route, status: res.statusCode, durationMs: Math.round(seconds * 1000) },
+          "request completed",
+        );
+      }
+    });
+    next();
+  });
+
+  app.use(
+    helmet({
+      // Ruru (GraphiQL) loads its own inline scripts and styles.
+      contentSecurityPolicy: config.graphiql ? false : undefined,
+      crossOriginEmbedderPolicy: false,
+    }),
+  );
+  app.use(
+    cors({
+      origin: (origin, cb) => cb(null, !origin ? false : config.corsAllowedOrigins.includes("*") || config.corsAllowedOrigins.includes(origin)),
+      methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+      allowedHeaders: ["Authorization", "Content-Type", "X-Request-Id"],
+      exposedHeaders: ["X-Request-Id"],
+      maxAge: 600,
+    }),
+  );
+
+  app.get("/health", (_req, res) => {
+    res.json({ status: "ok", uptimeSeconds: Math.round(process.uptime()) });
+  });
+
+  app.get("/ready", async (_req, res) => {
+    const checks: Record<string, boolean> = {};
+    await Promise.all(
+      deps.readiness.map(async (c) => {
+        checks[c.name] = await c.check().catch(() => false);
+      }),
+    );
+    const ok = Object.values(checks).every(Boolean);
+    res.status(ok ? 200 : 503).json({ status: ok ? "ready" : "not_ready", checks });
+  });
+
+  app.get("/metrics", async (_req, res) => {
+    res.setHeader("Content-Type", metrics.registry.contentType);
+    res.send(await metrics.registry.metrics());
+  });
+
+  const maskError = makeMaskError(logger, metrics);
+  const preset = makePreset({
+    authPool: deps.authPool,
+    graphiql: config.graphiql,
+    development: !config.isProduction && config.nodeEnv !== "test",
+    maxRequestBytes: config.maxRequestBytes,
+    maskError,
+    onOperation: (type) => metrics.graphqlOperations.inc({ type }),
+    async context(requestContext) {
+      const req = requestContext.expressv4?.req as Request | undefined;
+      const ws = requestContext.ws;
+      const params = (ws?.normalizedConnectionParams ?? {}) as Record<string, unknown>;
+      const authorization =
+        req?.headers.authorization ?? (typeof params.authorization === "string" ? params.authorization : undefined);
+      const pgSettings = await pgSettingsFor(
+        config,
+        deps.jwtSecret,
+        {
+          authorization,
+          requestId: req?.id ?? crypto.randomUUID(),
+          clientIp: req?.ip ?? ws?.request?.socket?.remoteAddress,
+        },
+        deps.resolvePrincipal,
+      );
+      return { pgSettings };
+    },
+  });
+
+  const pgl = postgraphile(preset);
+  const serv = pgl.createServ(grafserv);
+  const server = createServer(app);
+  server.requestTimeout = 60_000;
+  server.headersTimeout = 30_000;
+  await serv.addTo(app, server);
+
+  app.use((_req, res) => {
+    res.status(404).json({ errors: [{ message: "Not found", extensions: { code: "NOT_FOUND" } }] });
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    metrics,
+    pgl,
+    listen: () =>
+      new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(config.port, config.host, () => {
+          const addr = server.address();
+          resolve({ host: config.host, port: typeof addr === "object" && addr ? addr.port : config.port });
+        });
+      }),
+    close: () =>
+      (closing ??= (async () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+        await closed;
+        clearTimeout(timer);
+        await pgl.release();
+      })()),
+  };
+}
+
+function routeLabel(path: string): string {
+  if (path === "/graphql" || path.startsWith("/graphql/")) return "/graphql";
+  if (path.startsWith("/graphiql") || path.startsWith("/ruru-static")) return "/graphiql";
+  if (path === "/health" || path === "/ready" || path === "/metrics") return path;
+  return "other";
+}

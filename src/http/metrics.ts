@@ -1,0 +1,74 @@
+// Prometheus metrics (GET /metrics).
+import client from "prom-client";
+import type { Pool } from "pg";
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly httpRequests = new client.Counter({
+    name: "cairn_http_requests_total",
+    help: "HTTP requests by route, method and status",
+    labelNames: ["route", "method", "status"] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new client.Histogram({
+    name: "cairn_http_request_duration_seconds",
+    help: "HTTP request latency by route, method and status",
+    labelNames: ["route", "method", "status"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+    registers: [this.registry],
+  });
+  readonly graphqlOperations = new client.Counter({
+    name: "cairn_graphql_operations_total",
+    help: "GraphQL operations by type (query, mutation, subscription)",
+    labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+  readonly graphqlErrors = new client.Counter({
+    name: "cairn_graphql_errors_total",
+    help: "GraphQL errors by extensions.code",
+    labelNames: ["code"] as const,
+    registers: [this.registry],
+  });
+  readonly jobsFailed = new client.Counter({
+    name: "cairn_jobs_failed_total",
+    help: "Background job attempts that failed, by task",
+    labelNames: ["task"] as const,
+    registers: [this.registry],
+  });
+  readonly jobsCompleted = new client.Counter({
+    name: "cairn_jobs_completed_total",
+    help: "Background jobs completed, by task",
+    labelNames: ["task"] as const,
+    registers: [this.registry],
+  });
+
+  constructor(pools: Record<string, Pool | undefined>, queueDepth: () => Promise<number | null>) {
+    client.collectDefaultMetrics({ register: this.registry, prefix: "cairn_process_" });
+    const poolGauge = (name: string, help: string, read: (p: Pool) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ["pool"] as const,
+        registers: [this.registry],
+        collect() {
+          for (const [label, pool] of Object.entries(pools)) if (pool) this.set({ pool: label }, read(pool));
+        },
+      });
+    poolGauge("cairn_pg_pool_connections", "Open connections in the pg pool", (p) => p.totalCount);
+    poolGauge("cairn_pg_pool_idle", "Idle connections in the pg pool", (p) => p.idleCount);
+    poolGauge("cairn_pg_pool_waiting", "Clients waiting for a pg connection", (p) => p.waitingCount);
+    new client.Gauge({
+      name: "cairn_job_queue_depth",
+      help: "Jobs waiting to run (runnable now or scheduled)",
+      registers: [this.registry],
+      async collect() {
+        const depth = await queueDepth().catch(() => null);
+        if (depth !== null) this.set(depth);
+      },
+    });
+  }
+
+  countError(code: string): void {
+    this.graphqlErrors.inc({ code });
+  }
+}

@@ -1,0 +1,168 @@
+// Wires the service together: database (embedded or configured), migrations, pools, the worker, the
+// HTTP app, and a bounded graceful shutdown.
+import fs from "node:fs/promises";
+import path from "node:path";
+import crypto from "node:crypto";
+import pg from "pg";
+import type { Runner } from "graphile-worker";
+import type { Config } from "./config.ts";
+import type { Logger } from "./logger.ts";
+import { startEmbeddedPostgres, type EmbeddedServer } from "./db/embedded.ts";
+import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "./db/bootstrap.ts";
+import { createApp, type App } from "./http/app.ts";
+import { startWorker } from "../worker/runner.ts";
+import { makePrincipalResolver } from "./auth/principal.ts";
+import { migrationsCurrent } from "./db/migrations.ts";
+
+export interface Connections {
+  ownerUrl: string;
+  authUrl: string;
+  embedded?: EmbeddedServer;
+}
+
+async function readOrCreateSecret(file: string, make: () => string): Promise<string> {
+  try {
+    const value = (await fs.readFile(file, "utf8")).trim();
+    if (value) return value;
+  } catch {
+    // first start
+  }
+  const value = make();
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(file, value + "\n", { mode: 0o600 });
+  return value;
+}
+
+/** The configured database, or the embedded one (roles and database created on first start). */
+export async function resolveConnections(config: Config, logger: Logger): Promise<Connections> {
+  if (config.databaseUrl && config.authDatabaseUrl) {
+    return { ownerUrl: config.databaseUrl, authUrl: config.authDatabaseUrl };
+  }
+  const log = logger.child({ component: "embedded-postgres" });
+  log.info({ dataDir: config.embedded.dataDir, port: config.embedded.port }, "starting embedded PostgreSQL");
+  const embedded = await startEmbeddedPostgres({
+    dataDir: config.embedded.dataDir,
+    port: config.embedded.port,
+    log: (line) => log.debug(line),
+  });
+  try {
+    const credentialsFile = path.join(config.embedded.dataDir, "credentials.json");
+    const passwords = JSON.parse(
+      await readOrCreateSecret(credentialsFile, () =>
+        JSON.stringify({
+          owner: crypto.randomBytes(18).toString("base64url"),
+          authenticator: crypto.randomBytes(18).toString("base64url"),
+        }),
+      ),
+    ) as { owner: string; authenticator: string };
+    const su = embedded.superuserUrl();
+    await ensureRoles(su, passwords);
+    await ensureDatabase(su, config.embedded.databaseName);
+    const dbUrl = withDatabase(su, config.embedded.databaseName);
+    return {
+      ownerUrl: withCredentials(dbUrl, "crm_owner", passwords.owner),
+      authUrl: withCredentials(dbUrl, "crm_authenticator", passwords.authenticator),
+      embedded,
+    };
+  } catch (e) {
+    await embedded.stop();
+    throw e;
+  }
+}
+
+export async function resolveJwtSecret(config: Config): Promise<string> {
+  if (config.jwt.secret) return config.jwt.secret;
+  // Development only (production refuses to start without JWT_SECRET): generated once, kept in .data.
+  return readOrCreateSecret(path.join(config.embedded.dataDir, "jwt-secret"), () => crypto.randomBytes(48).toString("base64url"));
+}
+
+export interface Service {
+  app: App;
+  address: { host: string; port: number };
+  connections: Connections;
+  stop: (reason?: string) => Promise<void>;
+}
+
+export async function startService(config: Config, logger: Logger): Promise<Service> {
+  const connections = await resolveConnections(config, logger);
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const cleanup = async () => {
+    for (const fn of cleanups.reverse()) await fn().catch((e) => logger.error({ err: e }, "shutdown step failed"));
+    cleanups.length = 0;
+  };
+  if (connections.embedded) cleanups.push(() => connections.embedded!.stop());
+  try {
+    if (config.migrateOnStart) {
+      await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
+    }
+    const ownerPool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.worker === "inline" ? config.workerConcurrency + 3 : 3 });
+    ownerPool.on("error", (err) => logger.error({ err }, "owner pool error"));
+    ownerPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "owner connection error")));
+    cleanups.push(() => ownerPool.end());
+    const authPool = new pg.Pool({ connectionString: connections.authUrl, max: config.pgPoolMax });
+    authPool.on("error", (err) => logger.error({ err }, "authenticator pool error"));
+    authPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "authenticator connection error")));
+    cleanups.push(() => authPool.end());
+
+    const jwtSecret = await resolveJwtSecret(config);
+
+    let runner: Runner | undefined;
+    let app: App | undefined;
+    const hooks = {
+      onJobComplete: (task: string) => app?.metrics.jobsCompleted.inc({ task }),
+      onJobFailed: (task: string) => app?.metrics.jobsFailed.inc({ task }),
+    };
+    if (config.worker === "inline") {
+      runner = await startWorker({ config, logger, ownerPool, hooks });
+      const r = runner;
+      cleanups.push(() => r.stop());
+    }
+    let workerAlive = !!runner;
+    runner?.promise.then(
+      () => (workerAlive = false),
+      (err) => {
+        workerAlive = false;
+        logger.error({ err }, "worker stopped unexpectedly");
+      },
+    );
+
+    app = await createApp({
+      config,
+      logger,
+      authPool,
+      ownerPool,
+      jwtSecret,
+      resolvePrincipal: makePrincipalResolver(authPool),
+      readiness: [
+        { name: "database", check: async () => (await authPool.query("select 1")).rowCount === 1 },
+        { name: "migrations", check: () => migrationsCurrent(ownerPool) },
+        ...(config.worker === "inline" ? [{ name: "worker", check: async () => workerAlive }] : []),
+      ],
+      queueDepth: async () => {
+        const { rows } = await ownerPool.query<{ n: string }>(
+          "select count(*)::text as n from graphile_worker._private_jobs where locked_at is null and attempts < max_attempts",
+        );
+        return Number(rows[0]?.n ?? 0);
+      },
+    });
+    const theApp = app;
+    // The HTTP server closes first so in-flight requests finish, then the worker, pools, database.
+    cleanups.push(() => theApp.close());
+    const address = await app.listen();
+    let stopping: Promise<void> | undefined;
+    return {
+      app,
+      address,
+      connections,
+      stop: (reason) =>
+        (stopping ??= (async () => {
+          logger.info({ reason }, "shutting down");
+          await cleanup();
+          logger.info("shutdown complete");
+        })()),
+    };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
