@@ -143,7 +143,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       port: int(env, "EMBEDDED_PG_PORT", 54329, 1024, 65535),
       databaseName: env.EMBEDDED_PG_DATABASE || "cairn",
     },
-    graphiql: bool(env, "GRAPHIQL", !isProduction),
+    graphiql: bool(env, "GRAPHIQL", nodeEnv === "development"),
     corsAllowedOrigins: list(env.CORS_ALLOWED_ORIGINS),
     bodyLimit: `${maxRequestBytes}b`,
     maxRequestBytes,

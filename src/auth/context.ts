@@ -32,6 +32,9 @@ export type PrincipalResolver = (source: TokenSource, claims: TokenClaims) => Pr
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/** Names of database roles (ours, PostgreSQL's built-in ones, the usual superuser names). */
+const DATABASE_ROLE = /^(crm_[a-z_]*|pg_[a-z_]*|postgres|rds_?superuser|cloudsqlsuperuser|azure_superuser|supabase_admin|root)$/i;
+
 export function isUuid(v: unknown): v is string {
   return typeof v === "string" && UUID.test(v);
 }
@@ -91,6 +94,10 @@ export async function pgSettingsFor(
     verified = verifyToken(config, jwtSecret, match[1]);
   } catch (e) {
     throw httpError(401, "UNAUTHENTICATED", e instanceof jwt.TokenExpiredError ? "Token expired." : "Invalid token.");
+  }
+  // A token that names a database role is forged or misconfigured: the role is ours to choose.
+  if (typeof verified.claims.role === "string" && DATABASE_ROLE.test(verified.claims.role)) {
+    throw httpError(401, "UNAUTHENTICATED", "Invalid token.");
   }
   const principal = await resolve(verified.source, verified.claims);
   if (!principal) throw httpError(401, "UNAUTHENTICATED", "The session is no longer valid; sign in again.");

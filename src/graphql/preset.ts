@@ -17,6 +17,7 @@ export interface PresetOptions {
   maskError?: (error: GraphQLError) => GraphQLError;
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
+  onInvalidDocument?: () => void;
 }
 
 /** Operators offered by connection-filter: the cheap, index-friendly ones. */
@@ -43,6 +44,30 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
   const OperationCountPlugin: GraphileConfig.Plugin = {
     name: "CairnOperationCountPlugin",
     version: "1.0.0",
+    grafserv: {
+      middleware: {
+        // Syntax and validation errors never reach maskError: give them their stable code here.
+        async processRequest(next) {
+          const result = await next();
+          if (!result || (result.statusCode !== 400 && result.statusCode !== 200)) return result;
+          if (result.type !== "json" && result.type !== "buffer") return result;
+          let body: { data?: unknown; errors?: { message: string; extensions?: Record<string, unknown> }[] };
+          try {
+            body = result.type === "json" ? (result.json as typeof body) : JSON.parse(result.buffer.toString("utf8"));
+          } catch {
+            return result;
+          }
+          // Parse/validation failures are the only results with errors and no `data` key at all.
+          if (!Array.isArray(body?.errors) || "data" in body || body.errors.some((e) => e.extensions?.code)) return result;
+          opts.onInvalidDocument?.();
+          const fixed = { ...body, errors: body.errors.map((e) => ({ ...e, extensions: { ...e.extensions, code: "GRAPHQL_VALIDATION" } })) };
+          if (result.type === "json") return { ...result, json: fixed as never };
+          const buffer = Buffer.from(JSON.stringify(fixed));
+          const headers = Object.fromEntries(Object.entries(result.headers).filter(([k]) => k.toLowerCase() !== "content-length"));
+          return { ...result, headers: { ...headers, "content-length": String(buffer.length) }, buffer };
+        },
+      },
+    },
     grafast: {
       middleware: {
         execute(next, event) {

@@ -44,6 +44,7 @@ declare module "express-serve-static-core" {
   interface Request {
     id: string;
     log: Logger;
+    pgSettings?: Record<string, string>;
   }
 }
 
@@ -116,6 +117,30 @@ export async function createApp(deps: AppDeps): Promise<App> {
     res.send(await metrics.registry.metrics());
   });
 
+  // Token → pgSettings before GraphQL runs, so a bad token is a clean HTTP 401 with a stable code.
+  app.use("/graphql", async (req: Request, res: Response, next: NextFunction) => {
+    if (req.method !== "POST" && req.method !== "GET") return next();
+    try {
+      req.pgSettings = await pgSettingsFor(
+        config,
+        deps.jwtSecret,
+        { authorization: req.headers.authorization, requestId: req.id, clientIp: req.ip },
+        deps.resolvePrincipal,
+      );
+      next();
+    } catch (e) {
+      const err = e as { statusCode?: number; message: string; extensions?: Record<string, unknown> };
+      if (err.statusCode === 401) {
+        metrics.countError("UNAUTHENTICATED");
+        res.status(401).setHeader("WWW-Authenticate", 'Bearer realm="cairn"');
+        res.json({ errors: [{ message: err.message, extensions: { code: "UNAUTHENTICATED" } }] });
+        return;
+      }
+      req.log.error({ err: e }, "token verification failed");
+      res.status(500).json({ errors: [{ message: "Internal error", extensions: { code: "INTERNAL" } }] });
+    }
+  });
+
   const maskError = makeMaskError(logger, metrics);
   const preset = makePreset({
     authPool: deps.authPool,
@@ -124,19 +149,20 @@ export async function createApp(deps: AppDeps): Promise<App> {
     maxRequestBytes: config.maxRequestBytes,
     maskError,
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
+    onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),
     async context(requestContext) {
       const req = requestContext.expressv4?.req as Request | undefined;
+      if (req?.pgSettings) return { pgSettings: req.pgSettings };
+      // Websocket connections (graphql-ws): the token comes in the connection parameters.
       const ws = requestContext.ws;
       const params = (ws?.normalizedConnectionParams ?? {}) as Record<string, unknown>;
-      const authorization =
-        req?.headers.authorization ?? (typeof params.authorization === "string" ? params.authorization : undefined);
       const pgSettings = await pgSettingsFor(
         config,
         deps.jwtSecret,
         {
-          authorization,
-          requestId: req?.id ?? crypto.randomUUID(),
-          clientIp: req?.ip ?? ws?.request?.socket?.remoteAddress,
+          authorization: typeof params.authorization === "string" ? params.authorization : undefined,
+          requestId: crypto.randomUUID(),
+          clientIp: ws?.request?.socket?.remoteAddress,
         },
         deps.resolvePrincipal,
       );

@@ -1,0 +1,158 @@
+// The HTTP shell through its real doors: a listening server on a test database.
+import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
+import crypto from "node:crypto";
+import { createTestDb, type TestDb } from "../helpers/db.ts";
+import { signTestToken, startServer, type TestServer } from "../helpers/server.ts";
+
+let db: TestDb;
+let server: TestServer;
+const orgA = crypto.randomUUID();
+const orgB = crypto.randomUUID();
+const userId = crypto.randomUUID();
+
+beforeAll(async () => {
+  db = await createTestDb();
+  await db.owner.query(
+    "insert into crm.organizations (id, name, slug) values ($1, 'Org A', 'org-a'), ($2, 'Org B', 'org-b')",
+    [orgA, orgB],
+  );
+  server = await startServer(db, { CORS_ALLOWED_ORIGINS: "https://app.example.com" });
+});
+afterAll(async () => {
+  await server?.stop();
+  await db?.drop();
+});
+
+describe("health, readiness and metrics", () => {
+  test("GET /health answers while the process is alive", async () => {
+    const res = await fetch(`${server.url}/health`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "ok" });
+  });
+
+  test("GET /ready checks the database and migrations", async () => {
+    const res = await fetch(`${server.url}/ready`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: "ready", checks: { database: true, migrations: true } });
+  });
+
+  test("GET /metrics exposes HTTP, GraphQL, pool and queue metrics in Prometheus format", async () => {
+    await server.gql("{ __typename }");
+    const invalid = await server.gql("{ nope }");
+    expect(invalid.body.errors?.[0]?.extensions?.code).toBe("GRAPHQL_VALIDATION");
+    const res = await fetch(`${server.url}/metrics`);
+    expect(res.headers.get("content-type")).toContain("text/plain");
+    const text = await res.text();
+    expect(text).toMatch(/cairn_http_requests_total\{route="\/graphql",method="POST",status="200"\} \d+/);
+    expect(text).toMatch(/cairn_http_request_duration_seconds_bucket\{le="0.1",route="\/graphql"/);
+    expect(text).toMatch(/cairn_graphql_operations_total\{type="query"\} [1-9]/);
+    expect(text).toMatch(/cairn_graphql_errors_total\{code="GRAPHQL_VALIDATION"\} [1-9]/);
+    expect(text).toMatch(/cairn_pg_pool_connections\{pool="auth"\} \d+/);
+    expect(text).toMatch(/cairn_job_queue_depth \d+/);
+    expect(text).toContain("cairn_jobs_failed_total");
+  });
+});
+
+describe("requests", () => {
+  test("X-Request-Id is taken from the request, echoed, and on the request's log lines", async () => {
+    const id = `test-${crypto.randomUUID()}`;
+    const res = await server.gql("{ __typename }", {}, { headers: { "x-request-id": id } });
+    expect(res.headers.get("x-request-id")).toBe(id);
+    await new Promise((r) => setTimeout(r, 50));
+    const lines = server.logs.filter((l) => l.requestId === id);
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines[0]).toMatchObject({ route: "/graphql", status: 200 });
+  });
+
+  test("a request id is generated when none is sent", async () => {
+    const res = await fetch(`${server.url}/health`);
+    expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  test("tokens never appear in logs", async () => {
+    const token = signTestToken({ sub: userId, org: orgA });
+    await server.gql("{ __typename }", {}, { token });
+    await server.gql("{ __typename }", {}, { token: "garbage.token.value" });
+    await new Promise((r) => setTimeout(r, 50));
+    const all = server.logs.map((l) => JSON.stringify(l)).join("\n");
+    expect(all).not.toContain(token);
+    expect(all).not.toContain("garbage.token.value");
+  });
+
+  test("CORS allows the configured origins only, with the Authorization header", async () => {
+    const ok = await fetch(`${server.url}/graphql`, {
+      method: "OPTIONS",
+      headers: { origin: "https://app.example.com", "access-control-request-method": "POST", "access-control-request-headers": "authorization,content-type" },
+    });
+    expect(ok.status).toBe(204);
+    expect(ok.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
+    expect(ok.headers.get("access-control-allow-headers")).toMatch(/Authorization/i);
+    expect(ok.headers.get("access-control-allow-methods")).toBe("GET,POST,PUT,PATCH,DELETE,OPTIONS");
+    const other = await fetch(`${server.url}/graphql`, { method: "OPTIONS", headers: { origin: "https://evil.example.com", "access-control-request-method": "POST" } });
+    expect(other.headers.get("access-control-allow-origin")).toBeNull();
+  });
+
+  test("security headers are set", async () => {
+    const res = await fetch(`${server.url}/health`);
+    expect(res.headers.get("x-content-type-options")).toBe("nosniff");
+    expect(res.headers.get("x-powered-by")).toBeNull();
+  });
+
+  test("oversized request bodies are refused", async () => {
+    const res = await fetch(`${server.url}/graphql`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ query: `{ __typename } # ${"x".repeat(1_100_000)}` }),
+    });
+    expect(res.status).toBe(413);
+  });
+
+  test("unknown routes get a JSON 404", async () => {
+    const res = await fetch(`${server.url}/nope`);
+    expect(res.status).toBe(404);
+    expect(await res.json()).toEqual({ errors: [{ message: "Not found", extensions: { code: "NOT_FOUND" } }] });
+  });
+
+  test("GraphiQL is off in test/production unless GRAPHIQL=true", async () => {
+    const res = await fetch(`${server.url}/graphiql`);
+    expect(res.status).toBe(404);
+  });
+});
+
+describe("token → pgSettings hook", () => {
+  const orgsQuery = "{ organizations { nodes { rowId name } } }";
+
+  test("without a token the request runs as crm_anonymous and sees no tenant data", async () => {
+    const res = await server.gql(orgsQuery);
+    expect(res.status).toBe(200);
+    expect(res.body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+  });
+
+  test("a valid token runs as crm_user with the token's organization", async () => {
+    const res = await server.gql(orgsQuery, {}, { token: signTestToken({ sub: userId, org: orgA }) });
+    expect(res.body.errors).toBeUndefined();
+    expect(res.body.data).toEqual({ organizations: { nodes: [{ rowId: orgA, name: "Org A" }] } });
+    const resB = await server.gql(orgsQuery, {}, { token: signTestToken({ sub: userId, org: orgB }) });
+    expect(resB.body.data).toEqual({ organizations: { nodes: [{ rowId: orgB, name: "Org B" }] } });
+  });
+
+  test.each([
+    ["a token signed with another secret", () => signTestToken({ sub: userId, org: orgA }, { secret: "another-secret-another-secret-another-secret" })],
+    ["an expired token", () => signTestToken({ sub: userId, org: orgA }, { expiresIn: -60 })],
+    ["a token for another audience", () => signTestToken({ sub: userId, org: orgA }, { audience: "someone-else" })],
+    ["a token from another issuer", () => signTestToken({ sub: userId, org: orgA }, { issuer: "someone-else" })],
+    ["a token claiming a database role", () => signTestToken({ sub: userId, org: orgA, role: "crm_owner" })],
+    ["a token claiming the postgres role", () => signTestToken({ sub: userId, org: orgA, role: "postgres" })],
+    ["garbage", () => "not-a-jwt"],
+  ])("%s gets HTTP 401 UNAUTHENTICATED", async (_name, make) => {
+    const res = await server.gql(orgsQuery, {}, { token: make() });
+    expect(res.status).toBe(401);
+    expect(res.body.errors?.[0]?.extensions?.code).toBe("UNAUTHENTICATED");
+    expect(res.body.data ?? null).toBeNull();
+  });
+
+  test("a malformed Authorization header gets 401", async () => {
+    const res = await server.gql(orgsQuery, {}, { headers: { authorization: "Basic abc" } });
+    expect(res.status).toBe(401);
+  });
+});

@@ -1,0 +1,147 @@
+// Catalog rules every table, function and role must follow, as queries over pg_catalog. Each returns
+// the offenders; an exception has to be written down here, with its reason.
+import type pg from "pg";
+
+/** Tables that are not tenant-owned (global catalogs), with the reason. */
+export const GLOBAL_TABLES: Record<string, string> = {
+  "crm.organizations": "the tenant itself",
+  "crm.users": "users are global; memberships tie them to tenants",
+  "crm.permissions": "the global catalog of permission codes",
+};
+
+/** SECURITY DEFINER functions allowed in the exposed schema `crm`, with the reason. */
+export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {};
+
+type Q = Pick<pg.ClientBase, "query">;
+
+async function rows<T>(db: Q, sql: string): Promise<T[]> {
+  return (await db.query(sql)).rows as T[];
+}
+
+export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
+  async tablesWithoutRls(db) {
+    const r = await rows<{ name: string; rls: boolean; policies: number }>(db, `
+      select n.nspname || '.' || c.relname as name, c.relrowsecurity as rls,
+             (select count(*)::int from pg_policy p where p.polrelid = c.oid) as policies
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname in ('crm', 'crm_private') and c.relkind in ('r', 'p')
+       order by 1`);
+    return r.filter((t) => !t.rls || t.policies === 0).map((t) => `${t.name} (rls: ${t.rls}, policies: ${t.policies})`);
+  },
+
+  async tenantTablesWithoutIndexedOrganization(db) {
+    const r = await rows<{ name: string; has_col: boolean; not_null: boolean; indexed: boolean }>(db, `
+      select n.nspname || '.' || c.relname as name,
+             a.attname is not null as has_col,
+             coalesce(a.attnotnull, false) as not_null,
+             exists (select 1 from pg_index i where i.indrelid = c.oid and i.indkey[0] = a.attnum) as indexed
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attribute a on a.attrelid = c.oid and a.attname = 'organization_id' and not a.attisdropped
+       where n.nspname = 'crm' and c.relkind in ('r', 'p')
+       order by 1`);
+    return r
+      .filter((t) => !(t.name in GLOBAL_TABLES))
+      .filter((t) => !t.has_col || !t.not_null || !t.indexed)
+      .map((t) => `${t.name} (column: ${t.has_col}, not null: ${t.not_null}, indexed: ${t.indexed})`);
+  },
+
+  async foreignKeysWithoutIndex(db) {
+    const r = await rows<{ name: string; covered: boolean }>(db, `
+      select con.conrelid::regclass::text || '.' || con.conname as name,
+             exists (
+               select 1 from pg_index i
+                where i.indrelid = con.conrelid
+                  and (i.indkey::int2[])[0:array_length(con.conkey, 1) - 1] @> con.conkey
+                  and (i.indkey::int2[])[0:array_length(con.conkey, 1) - 1] <@ con.conkey
+             ) as covered
+        from pg_constraint con join pg_namespace n on n.oid = con.connamespace
+       where con.contype = 'f' and n.nspname in ('crm', 'crm_private')
+       order by 1`);
+    return r.filter((f) => !f.covered).map((f) => f.name);
+  },
+
+  async tenantForeignKeysNotComposite(db) {
+    const r = await rows<{ name: string; child: string; parent: string; cols: string[]; parent_cols: string[] }>(db, `
+      select con.conrelid::regclass::text || '.' || con.conname as name,
+             con.conrelid::regclass::text as child, con.confrelid::regclass::text as parent,
+             array(select a.attname::text from unnest(con.conkey) with ordinality k(n, i)
+                     join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.n order by k.i) as cols,
+             array(select a.attname::text from unnest(con.confkey) with ordinality k(n, i)
+                     join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.n order by k.i) as parent_cols
+        from pg_constraint con join pg_namespace n on n.oid = con.connamespace
+       where con.contype = 'f' and n.nspname = 'crm'`);
+    const tenantOwned = (t: string) => t.startsWith("crm.") && !(t in GLOBAL_TABLES);
+    return r
+      .filter((f) => tenantOwned(f.child) && tenantOwned(f.parent))
+      .filter((f) => {
+        const i = f.cols.indexOf("organization_id");
+        return i < 0 || f.parent_cols[i] !== "organization_id";
+      })
+      .map((f) => f.name);
+  },
+
+  async securityDefinerUnpinned(db) {
+    const r = await rows<{ name: string; schema: string; pinned: boolean }>(db, `
+      select p.oid::regprocedure::text as name, n.nspname as schema,
+             exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%') as pinned
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where p.prosecdef and n.nspname in ('crm', 'crm_private')`);
+    return r
+      .filter((f) => !f.pinned || (f.schema === "crm" && !(f.name.replace(/\(.*$/, "") in EXPOSED_SECURITY_DEFINER)))
+      .map((f) => `${f.name}${f.pinned ? " (SECURITY DEFINER in crm, not allow-listed)" : " (search_path not pinned)"}`);
+  },
+
+  async viewsNotSecurityInvoker(db) {
+    const r = await rows<{ name: string; invoker: boolean }>(db, `
+      select c.oid::regclass::text as name,
+             coalesce('security_invoker=true' = any(c.reloptions) or 'security_invoker=on' = any(c.reloptions), false) as invoker
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = 'crm' and c.relkind in ('v', 'm')`);
+    return r.filter((v) => !v.invoker).map((v) => v.name);
+  },
+
+  async requestRolesCanBypassRls(db) {
+    const r = await rows<{ role: string; bypass: boolean; owns: number; powerful_member_of: string[] }>(db, `
+      with recursive memberships(member, role) as (
+        select r.oid, r.oid from pg_roles r where r.rolname in ('crm_user', 'crm_anonymous', 'crm_authenticator')
+        union
+        select m.member, am.roleid from memberships m join pg_auth_members am on am.member = m.role
+      )
+      select r.rolname as role,
+             r.rolsuper or r.rolbypassrls as bypass,
+             (select count(*)::int from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where n.nspname in ('crm', 'crm_private') and c.relowner in (select role from memberships where member = r.oid)) as owns,
+             array(select g.rolname::text from memberships m join pg_roles g on g.oid = m.role
+                    where m.member = r.oid and m.role <> r.oid
+                      and (g.rolsuper or g.rolbypassrls or g.rolname = 'crm_owner' or g.rolname like 'pg\\_%')) as powerful_member_of
+        from pg_roles r where r.rolname in ('crm_user', 'crm_anonymous', 'crm_authenticator')
+       order by 1`);
+    const problems: string[] = [];
+    if (r.length !== 3) problems.push(`expected 3 request roles, found ${r.length}`);
+    for (const x of r) {
+      if (x.bypass) problems.push(`${x.role} is superuser or BYPASSRLS`);
+      if (x.owns) problems.push(`${x.role} owns ${x.owns} relations in crm/crm_private (owners bypass RLS)`);
+      if (x.powerful_member_of.length) problems.push(`${x.role} is a member of ${x.powerful_member_of.join(", ")}`);
+    }
+    return problems;
+  },
+
+  async grantedToPublic(db) {
+    const r = await rows<{ name: string }>(db, `
+      select p.oid::regprocedure::text as name
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname in ('crm', 'crm_private')
+         and exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0)
+      union all
+      select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname in ('crm', 'crm_private')
+         and exists (select 1 from aclexplode(c.relacl) a where a.grantee = 0)`);
+    return r.map((x) => x.name);
+  },
+
+  async privateSchemaUsable(db) {
+    const r = await rows<{ role: string }>(db, `
+      select r as role from unnest(array['crm_user', 'crm_anonymous']) r where has_schema_privilege(r, 'crm_private', 'usage')`);
+    return r.map((x) => `${x.role} has USAGE on crm_private`);
+  },
+};
