@@ -1,21 +1,12 @@
-// Jest runs the TypeScript sources as native ESM (swc strips the types; node --experimental-vm-modules
-// lets ESM-only dependencies such as graphile-worker load). See test/README.md.
+// Jest runs the TypeScript sources as native ESM: Node's own type stripping (test/setup/strip-types.cjs)
+// and node --experimental-vm-modules, so ESM-only dependencies such as graphile-worker load.
 /** @type {import('jest').Config} */
 export default {
   testEnvironment: "node",
   roots: ["<rootDir>/test"],
   testMatch: ["**/*.test.ts"],
   extensionsToTreatAsEsm: [".ts"],
-  transform: {
-    "^.+\\.ts$": [
-      "@swc/jest",
-      {
-        jsc: { parser: { syntax: "typescript" }, target: "es2023" },
-        module: { type: "es6" },
-        sourceMaps: "inline",
-      },
-    ],
-  },
+  transform: { "^.+\\.ts$": "<rootDir>/test/setup/strip-types.cjs" },
   globalSetup: "<rootDir>/test/setup/global-setup.mjs",
   globalTeardown: "<rootDir>/test/setup/global-teardown.mjs",
   testTimeout: 60_000,

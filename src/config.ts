@@ -58,6 +58,8 @@ export interface Config {
     trustProxy: boolean;
   };
   demo: boolean;
+  /** Front-end base URL used in email links. */
+  publicAppUrl: string;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -178,5 +180,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       trustProxy: bool(env, "TRUST_PROXY", false),
     },
     demo: bool(env, "DEMO_DATA", !isProduction && !databaseUrl),
+    publicAppUrl: (env.PUBLIC_APP_URL || "http://localhost:3000").replace(/\/+$/, ""),
   };
 }

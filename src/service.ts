@@ -13,6 +13,7 @@ import { createApp, type App } from "./http/app.ts";
 import { startWorker } from "../worker/runner.ts";
 import { makePrincipalResolver } from "./auth/principal.ts";
 import { migrationsCurrent } from "./db/migrations.ts";
+import { ensureDemoTenant, type DemoAccess } from "./db/demo.ts";
 
 export interface Connections {
   ownerUrl: string;
@@ -78,6 +79,7 @@ export async function resolveJwtSecret(config: Config): Promise<string> {
 
 export interface Service {
   app: App;
+  demo?: DemoAccess;
   address: { host: string; port: number };
   connections: Connections;
   stop: (reason?: string) => Promise<void>;
@@ -105,6 +107,8 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     cleanups.push(() => authPool.end());
 
     const jwtSecret = await resolveJwtSecret(config);
+    // The demo tenant: development on the embedded database only (DEMO_DATA), never in production.
+    const demo = config.demo && !config.isProduction ? await ensureDemoTenant(ownerPool, config.embedded.dataDir) : undefined;
 
     let runner: Runner | undefined;
     let app: App | undefined;
@@ -132,7 +136,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       authPool,
       ownerPool,
       jwtSecret,
-      resolvePrincipal: makePrincipalResolver(authPool),
+      resolvePrincipal: makePrincipalResolver(config, authPool),
       readiness: [
         { name: "database", check: async () => (await authPool.query("select 1")).rowCount === 1 },
         { name: "migrations", check: () => migrationsCurrent(ownerPool) },
@@ -152,6 +156,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     let stopping: Promise<void> | undefined;
     return {
       app,
+      demo,
       address,
       connections,
       stop: (reason) =>

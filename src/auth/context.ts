@@ -73,6 +73,20 @@ export interface RequestInfo {
   authorization: string | undefined;
   requestId: string | undefined;
   clientIp: string | undefined;
+  userAgent?: string | undefined;
+}
+
+/** Server configuration the SQL auth functions read (cairn.auth.*); never taken from the client. */
+export function authSettings(config: Config): Record<string, string> {
+  return {
+    "cairn.auth.bcrypt_cost": String(config.auth.bcryptCost),
+    "cairn.auth.password_min_length": String(config.auth.passwordMinLength),
+    "cairn.auth.login_max_failures": String(config.auth.loginMaxFailures),
+    "cairn.auth.login_lock_seconds": String(config.auth.loginLockSeconds),
+    "cairn.auth.ip_max_failures": String(config.auth.ipMaxFailures),
+    "cairn.auth.require_email_confirmation": String(config.auth.requireEmailConfirmation),
+    "cairn.auth.refresh_token_ttl_seconds": String(config.jwt.refreshTokenTtlSeconds),
+  };
 }
 
 /** Build the per-request pgSettings; throws an HTTP 401 error for a bad, expired or revoked token. */
@@ -82,9 +96,10 @@ export async function pgSettingsFor(
   req: RequestInfo,
   resolve: PrincipalResolver,
 ): Promise<Record<string, string>> {
-  const settings: Record<string, string> = { role: "crm_anonymous" };
+  const settings: Record<string, string> = { role: "crm_anonymous", ...authSettings(config) };
   if (req.requestId) settings["cairn.request_id"] = req.requestId;
   if (req.clientIp) settings["cairn.client_ip"] = req.clientIp;
+  if (req.userAgent) settings["cairn.user_agent"] = req.userAgent.slice(0, 500);
   const header = req.authorization;
   if (!header) return settings;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);

@@ -1,16 +1,30 @@
-// Prints how to log in to the demo tenant (embedded development database only).
+// Prints where the service listens and, on the embedded development database, how to log in to the
+// demo tenant (never in production).
+import path from "node:path";
 import type { Config } from "../config.ts";
 import type { Service } from "../service.ts";
+import type { DemoAccess } from "../db/demo.ts";
 
-export async function printDemoAccess(config: Config, _service: Service, base: string): Promise<void> {
+export async function printDemoAccess(config: Config, service: Service, base: string): Promise<void> {
   if (config.isProduction || config.nodeEnv === "test") return;
+  const demo: DemoAccess | undefined = service.demo;
   const lines = [
     "",
     `  Cairn is running.`,
     `  GraphQL:   ${base}/graphql`,
     ...(config.graphiql ? [`  GraphiQL:  ${base}/graphiql`] : []),
     `  Health:    ${base}/health  ${base}/ready  ${base}/metrics`,
-    "",
   ];
-  process.stdout.write(lines.join("\n") + "\n");
+  if (demo) {
+    lines.push(
+      "",
+      `  Demo organization "${demo.organizationSlug}"${demo.created ? " (created now)" : ""}. Users (one per default role):`,
+      ...demo.accounts.map((a) => `    ${a.username.padEnd(14)} ${a.role}`),
+      `  Their passwords are in ${path.relative(process.cwd(), demo.credentialsFile) || demo.credentialsFile}.`,
+      `  Sign in from GraphiQL:`,
+      `    mutation { login(input: { login: "demo-admin", password: "<from the file>" }) { session { accessToken } } }`,
+      `  then send the token as the header  Authorization: Bearer <accessToken>`,
+    );
+  }
+  process.stdout.write(lines.join("\n") + "\n\n");
 }

@@ -3,6 +3,7 @@
 // on the committed migrations: the embedded server, or the server of ROOT_DATABASE_URL (a superuser).
 import fs from "node:fs/promises";
 import path from "node:path";
+import crypto from "node:crypto";
 import pg from "pg";
 import { loadConfig, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
@@ -21,21 +22,30 @@ const rootUrl = process.env.ROOT_DATABASE_URL ?? embedded!.superuserUrl();
 const scratch = "cairn_schema_export";
 let sdl: string;
 try {
-  const passwords = { owner: "schema-export-owner", authenticator: "schema-export-auth" };
+  // As the roles themselves: on the embedded server with their development passwords; on another
+  // server as the superuser switching role (their passwords there are left alone).
+  let asRole: (url: string, role: string) => string;
   if (embedded) {
-    // keep the development passwords intact: only set them when the roles are new
-    const existing = await fs.readFile(path.join(config.embedded.dataDir, "credentials.json"), "utf8").catch(() => null);
-    Object.assign(passwords, existing ? JSON.parse(existing) : {});
+    const saved = await fs.readFile(path.join(config.embedded.dataDir, "credentials.json"), "utf8").catch(() => null);
+    const passwords = saved ? (JSON.parse(saved) as { owner: string; authenticator: string }) : { owner: crypto.randomUUID(), authenticator: crypto.randomUUID() };
+    await ensureRoles(rootUrl, passwords);
+    asRole = (url, role) => withCredentials(url, role, role === "crm_owner" ? passwords.owner : passwords.authenticator);
+  } else {
+    await ensureRoles(rootUrl);
+    asRole = (url, role) => {
+      const u = new URL(url);
+      u.searchParams.set("options", `-c role=${role}`);
+      return u.toString();
+    };
   }
-  await ensureRoles(rootUrl, passwords);
   const admin = new pg.Client({ connectionString: rootUrl });
   await admin.connect();
   await admin.query(`drop database if exists ${scratch} with (force)`);
   await admin.end();
   await ensureDatabase(rootUrl, scratch);
   const dbUrl = withDatabase(rootUrl, scratch);
-  await migrate(withCredentials(dbUrl, "crm_owner", passwords.owner));
-  sdl = await sdlFromDatabase(withCredentials(dbUrl, "crm_authenticator", passwords.authenticator));
+  await migrate(asRole(dbUrl, "crm_owner"));
+  sdl = await sdlFromDatabase(asRole(dbUrl, "crm_authenticator"));
   const cleanup = new pg.Client({ connectionString: rootUrl });
   await cleanup.connect();
   await cleanup.query(`drop database if exists ${scratch} with (force)`);

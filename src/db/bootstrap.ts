@@ -108,6 +108,25 @@ export async function migrate(ownerUrl: string, log?: MigrateLogger): Promise<vo
   }
 }
 
+/**
+ * Development only: apply the uncommitted migrations/current.sql on top (graphile-migrate `watch
+ * --once`). Used by the test setup so work in progress can be tested before it is committed; CI
+ * refuses a non-empty current.sql.
+ */
+export async function applyCurrentMigration(ownerUrl: string, log?: MigrateLogger): Promise<boolean> {
+  const file = path.join(ROOT_DIR, "migrations", "current.sql");
+  const body = await fs.readFile(file, "utf8").catch(() => "");
+  if (!body.split("\n").some((l) => l.trim() && !l.trim().startsWith("--"))) return false;
+  const { watch } = await import("graphile-migrate");
+  await watch(
+    { connectionString: ownerUrl, migrationsFolder: path.join(ROOT_DIR, "migrations"), logger: quietMigrateLogger(log) } as never,
+    true,
+    false,
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  return true;
+}
+
 function quietMigrateLogger(log?: MigrateLogger): InstanceType<typeof import("graphile-migrate").Logger> {
   return new GmLogger(() => (level: string, message: string) => {
     if (level === "error" || level === "warning") log?.warn(message);

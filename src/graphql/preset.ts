@@ -8,9 +8,12 @@ import { PgSimplifyInflectionPreset } from "@graphile/simplify-inflection";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { extraPlugins } from "./plugins/index.ts";
+import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
 
 export interface PresetOptions {
   authPool: Pool;
+  /** Token signing for the auth mutations (a throwaway secret is fine for schema export). */
+  auth?: AuthPluginOptions;
   graphiql: boolean;
   development: boolean;
   maxRequestBytes: number;
@@ -88,7 +91,13 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
   };
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
-    plugins: [OperationCountPlugin, ...extraPlugins],
+    plugins: [
+      OperationCountPlugin,
+      makeAuthPlugin(
+        opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
+      ),
+      ...extraPlugins,
+    ],
     pgServices: [
       makePgService({
         pool: opts.authPool,

@@ -11,6 +11,7 @@ import { grafserv } from "postgraphile/grafserv/express/v4";
 import type { Config } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { makePreset } from "../graphql/preset.ts";
+import { authPluginOptions } from "../graphql/plugins/auth.ts";
 import { makeMaskError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
@@ -124,7 +125,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
       req.pgSettings = await pgSettingsFor(
         config,
         deps.jwtSecret,
-        { authorization: req.headers.authorization, requestId: req.id, clientIp: req.ip },
+        { authorization: req.headers.authorization, requestId: req.id, clientIp: req.ip, userAgent: req.headers["user-agent"] },
         deps.resolvePrincipal,
       );
       next();
@@ -144,6 +145,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const maskError = makeMaskError(logger, metrics);
   const preset = makePreset({
     authPool: deps.authPool,
+    auth: authPluginOptions(config, deps.jwtSecret),
     graphiql: config.graphiql,
     development: !config.isProduction && config.nodeEnv !== "test",
     maxRequestBytes: config.maxRequestBytes,

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import crypto from "node:crypto";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 import { signTestToken, startServer, type TestServer } from "../helpers/server.ts";
+import { createUser, startSession } from "../helpers/identity.ts";
 
 let db: TestDb;
 let server: TestServer;
@@ -128,12 +129,29 @@ describe("token → pgSettings hook", () => {
     expect(res.body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
   });
 
-  test("a valid token runs as crm_user with the token's organization", async () => {
-    const res = await server.gql(orgsQuery, {}, { token: signTestToken({ sub: userId, org: orgA }) });
+  test("a valid token runs as crm_user with the token's user and organization", async () => {
+    const memberId = await createUser(db, "hook-member");
+    await db.owner.query(
+      `insert into crm.organization_memberships (organization_id, user_id, role_id)
+       select $1, $2, id from crm.roles where organization_id = $1 and name = 'Viewer'`,
+      [orgA, memberId],
+    );
+    const session = await startSession(db, memberId, orgA);
+    const res = await server.gql(`{ currentUser { rowId username } currentOrganization { rowId name } }`, {}, { token: session.accessToken });
     expect(res.body.errors).toBeUndefined();
-    expect(res.body.data).toEqual({ organizations: { nodes: [{ rowId: orgA, name: "Org A" }] } });
-    const resB = await server.gql(orgsQuery, {}, { token: signTestToken({ sub: userId, org: orgB }) });
-    expect(resB.body.data).toEqual({ organizations: { nodes: [{ rowId: orgB, name: "Org B" }] } });
+    expect(res.body.data).toEqual({
+      currentUser: { rowId: memberId, username: "hook-member" },
+      currentOrganization: { rowId: orgA, name: "Org A" },
+    });
+    // A member of A only: organization B is invisible.
+    const orgs = await server.gql(orgsQuery, {}, { token: session.accessToken });
+    expect(orgs.body.data).toEqual({ organizations: { nodes: [{ rowId: orgA, name: "Org A" }] } });
+  });
+
+  test("a correctly signed token without a live session is refused", async () => {
+    const res = await server.gql(orgsQuery, {}, { token: signTestToken({ sub: userId, org: orgA, sid: crypto.randomUUID() }) });
+    expect(res.status).toBe(401);
+    expect(res.body.errors?.[0]?.extensions?.code).toBe("UNAUTHENTICATED");
   });
 
   test.each([

@@ -10,7 +10,38 @@ export const GLOBAL_TABLES: Record<string, string> = {
 };
 
 /** SECURITY DEFINER functions allowed in the exposed schema `crm`, with the reason. */
-export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {};
+const AUTH = "authentication entry point: reads secrets in crm_private; wired by the server, hidden from the generated API";
+const ADMIN = "access administration: checks its permission explicitly, then writes memberships, grants or private tokens";
+const HELPER = "identity helper used by policies: reads grants without recursing through row-level security";
+export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
+  "crm.login": AUTH,
+  "crm.refresh_session": AUTH,
+  "crm.logout": AUTH,
+  "crm.logout_all": AUTH,
+  "crm.switch_organization": AUTH,
+  "crm.register": AUTH,
+  "crm.confirm_email": AUTH,
+  "crm.resend_email_confirmation": AUTH,
+  "crm.request_password_reset": AUTH,
+  "crm.reset_password": AUTH,
+  "crm.change_password": AUTH,
+  "crm.create_organization": AUTH,
+  "crm.accept_invitation": AUTH,
+  "crm.grant_permission": ADMIN,
+  "crm.revoke_permission": ADMIN,
+  "crm.add_member": ADMIN,
+  "crm.invite_member": ADMIN,
+  "crm.revoke_invitation": ADMIN,
+  "crm.change_member_role": ADMIN,
+  "crm.set_member_active": ADMIN,
+  "crm.remove_member": ADMIN,
+  "crm.set_user_active": ADMIN,
+  "crm.current_permissions": HELPER,
+  "crm.has_permission": HELPER,
+  "crm.visible_owner_ids": HELPER,
+  "crm.my_organization_ids": HELPER,
+  "crm.current_org_member_ids": HELPER,
+};
 
 type Q = Pick<pg.ClientBase, "query">;
 
@@ -141,7 +172,13 @@ export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
 
   async privateSchemaUsable(db) {
     const r = await rows<{ role: string }>(db, `
-      select r as role from unnest(array['crm_user', 'crm_anonymous']) r where has_schema_privilege(r, 'crm_private', 'usage')`);
+      select r as role from unnest(array['crm_user', 'crm_anonymous']) r where has_schema_privilege(r, 'crm_private', 'usage')
+      union all
+      -- The authenticator may use crm_private only to check sessions and provision external users.
+      select 'crm_authenticator can execute ' || p.oid::regprocedure::text
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'crm_private' and has_function_privilege('crm_authenticator', p.oid, 'execute')
+         and p.proname not in ('session_principal', 'external_principal')`);
     return r.map((x) => `${x.role} has USAGE on crm_private`);
   },
 };

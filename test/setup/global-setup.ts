@@ -4,7 +4,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
-import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../../src/db/bootstrap.ts";
+import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../../src/db/bootstrap.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../../src/db/embedded.ts";
 import { ROOT_URL_ENV, TEST_PASSWORDS, TEMPLATE_DB } from "../helpers/state.ts";
 
@@ -34,7 +34,11 @@ export default async function globalSetup(): Promise<void> {
   }
   await admin.end();
   await ensureDatabase(rootUrl, TEMPLATE_DB);
-  await migrate(withCredentials(withDatabase(rootUrl, TEMPLATE_DB), "crm_owner", TEST_PASSWORDS.owner));
+  const templateOwnerUrl = withCredentials(withDatabase(rootUrl, TEMPLATE_DB), "crm_owner", TEST_PASSWORDS.owner);
+  await migrate(templateOwnerUrl);
+  if (await applyCurrentMigration(templateOwnerUrl, { info: () => undefined, warn: (m) => process.stderr.write(`${m}\n`) })) {
+    process.stdout.write("\n[cairn] migrations/current.sql (uncommitted) applied to the test template\n");
+  }
   process.env[ROOT_URL_ENV] = rootUrl;
   process.stdout.write(
     `\n[cairn] test database: ${embedded ? "embedded PostgreSQL" : "TEST_DATABASE_URL"}; template ready in ${Date.now() - started} ms\n`,

@@ -2,12 +2,14 @@
 import type { TaskList } from "graphile-worker";
 import type { TaskContext } from "../types.ts";
 import { makeMaintenancePrune } from "./maintenance-prune.ts";
+import { makeEmailSend } from "./email-send.ts";
 
-export const TASK_IDENTIFIERS = ["maintenance:prune"] as const;
+export const TASK_IDENTIFIERS = ["maintenance:prune", "email:send"] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
 export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier, TaskList[string]> {
   return {
     "maintenance:prune": makeMaintenancePrune(ctx),
+    "email:send": makeEmailSend(ctx),
   };
 }
