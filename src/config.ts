@@ -24,6 +24,8 @@ export interface Config {
     databaseName: string;
   };
   graphiql: boolean;
+  /** Query plans in responses (extensions.explain); development only — they echo arguments. */
+  graphqlExplain: boolean;
   corsAllowedOrigins: string[];
   bodyLimit: string;
   maxRequestBytes: number;
@@ -146,6 +148,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       databaseName: env.EMBEDDED_PG_DATABASE || "cairn",
     },
     graphiql: bool(env, "GRAPHIQL", nodeEnv === "development"),
+    graphqlExplain: bool(env, "GRAPHQL_EXPLAIN", false) && !isProduction,
     corsAllowedOrigins: list(env.CORS_ALLOWED_ORIGINS),
     bodyLimit: `${maxRequestBytes}b`,
     maxRequestBytes,
@@ -173,7 +176,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     auth: {
       requireEmailConfirmation: bool(env, "REQUIRE_EMAIL_CONFIRMATION", false),
       bcryptCost: int(env, "BCRYPT_COST", 10, 4, 16),
-      passwordMinLength: int(env, "PASSWORD_MIN_LENGTH", 10, 8, 256),
+      passwordMinLength: int(env, "PASSWORD_MIN_LENGTH", 10, 8, 200),
       loginMaxFailures: int(env, "LOGIN_MAX_FAILURES", 5, 1, 1000),
       loginLockSeconds: int(env, "LOGIN_LOCK_SECONDS", 15 * 60, 1, 24 * 3600),
       ipMaxFailures: int(env, "LOGIN_IP_MAX_FAILURES", 20, 1, 100_000),

@@ -107,8 +107,11 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     cleanups.push(() => authPool.end());
 
     const jwtSecret = await resolveJwtSecret(config);
-    // The demo tenant: development on the embedded database only (DEMO_DATA), never in production.
-    const demo = config.demo && !config.isProduction ? await ensureDemoTenant(ownerPool, config.embedded.dataDir) : undefined;
+    // The demo tenant: on the embedded development database only (DEMO_DATA), never in production.
+    const demo =
+      config.demo && !config.isProduction && connections.embedded
+        ? await ensureDemoTenant(ownerPool, config.embedded.dataDir, config.auth.bcryptCost)
+        : undefined;
 
     let runner: Runner | undefined;
     let app: App | undefined;

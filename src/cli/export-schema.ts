@@ -1,5 +1,5 @@
 // npm run schema:export [-- --check]: writes (or checks) the sorted SDL of the GraphQL schema in
-// schema.graphql. It introspects a scratch database migrated from nothing, so the output depends only
+// schema.graphql and the default permission matrix in README.md. It introspects a scratch database migrated from nothing, so the output depends only
 // on the committed migrations: the embedded server, or the server of ROOT_DATABASE_URL (a superuser).
 import fs from "node:fs/promises";
 import path from "node:path";
@@ -9,6 +9,7 @@ import { loadConfig, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../db/bootstrap.ts";
 import { startEmbeddedPostgres } from "../db/embedded.ts";
+import { permissionMatrixMarkdown, withMatrix } from "../db/permission-matrix.ts";
 
 process.env.GRAPHILE_ENV ??= "production";
 const { sdlFromDatabase } = await import("../graphql/sdl.ts");
@@ -21,6 +22,7 @@ const embedded = process.env.ROOT_DATABASE_URL
 const rootUrl = process.env.ROOT_DATABASE_URL ?? embedded!.superuserUrl();
 const scratch = "cairn_schema_export";
 let sdl: string;
+let matrix: string;
 try {
   // As the roles themselves: on the embedded server with their development passwords; on another
   // server as the superuser switching role (their passwords there are left alone).
@@ -46,6 +48,10 @@ try {
   const dbUrl = withDatabase(rootUrl, scratch);
   await migrate(asRole(dbUrl, "crm_owner"));
   sdl = await sdlFromDatabase(asRole(dbUrl, "crm_authenticator"));
+  const owner = new pg.Client({ connectionString: asRole(dbUrl, "crm_owner") });
+  await owner.connect();
+  matrix = await permissionMatrixMarkdown(owner);
+  await owner.end();
   const cleanup = new pg.Client({ connectionString: rootUrl });
   await cleanup.connect();
   await cleanup.query(`drop database if exists ${scratch} with (force)`);
@@ -54,14 +60,24 @@ try {
   await embedded?.stop();
 }
 const file = path.join(ROOT_DIR, "schema.graphql");
+const readmeFile = path.join(ROOT_DIR, "README.md");
+const readme = await fs.readFile(readmeFile, "utf8");
+const newReadme = withMatrix(readme, matrix);
 if (check) {
   const current = await fs.readFile(file, "utf8").catch(() => "");
+  let stale = false;
   if (current !== sdl) {
     process.stderr.write("schema.graphql is stale: run npm run schema:export and commit it\n");
-    process.exit(1);
+    stale = true;
   }
-  process.stdout.write("schema.graphql is up to date\n");
+  if (readme !== newReadme) {
+    process.stderr.write("README.md's permission matrix is stale: run npm run schema:export and commit it\n");
+    stale = true;
+  }
+  if (stale) process.exit(1);
+  process.stdout.write("schema.graphql and the README permission matrix are up to date\n");
 } else {
   await fs.writeFile(file, sdl);
-  process.stdout.write(`wrote ${file}\n`);
+  await fs.writeFile(readmeFile, newReadme);
+  process.stdout.write(`wrote ${file} and the permission matrix in ${readmeFile}\n`);
 }

@@ -5,12 +5,13 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { loadConfig, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
-import { resolveConnections } from "../service.ts";
 import { ensureRoles, migrate, withDatabase } from "../db/bootstrap.ts";
 
 const require = createRequire(import.meta.url);
 const config = loadConfig();
 const logger = createLogger(config.logLevel);
+process.env.GRAPHILE_ENV ??= "production";
+const { resolveConnections } = await import("../service.ts");
 const connections = await resolveConnections(config, logger);
 const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: connections.ownerUrl };
 if (connections.embedded) {

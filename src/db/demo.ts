@@ -29,7 +29,7 @@ export interface DemoAccess {
   credentialsFile: string;
 }
 
-export async function ensureDemoTenant(ownerPool: Pool, dataDir: string): Promise<DemoAccess> {
+export async function ensureDemoTenant(ownerPool: Pool, dataDir: string, bcryptCost = 10): Promise<DemoAccess> {
   const credentialsFile = path.join(dataDir, "demo-credentials.json");
   const existing = await ownerPool.query("select 1 from crm.organizations where slug = $1", [DEMO_ORGANIZATION.slug]);
   if (existing.rowCount) {
@@ -44,7 +44,7 @@ export async function ensureDemoTenant(ownerPool: Pool, dataDir: string): Promis
   const client = await ownerPool.connect();
   try {
     await client.query("begin");
-    await client.query("select set_config('cairn.auth.bcrypt_cost', '10', true)");
+    await client.query("select set_config('cairn.auth.bcrypt_cost', $1, true)", [String(bcryptCost)]);
     await client.query("select crm_private.create_demo_tenant($1, $2, $3::jsonb)", [
       DEMO_ORGANIZATION.name,
       DEMO_ORGANIZATION.slug,

@@ -9,6 +9,8 @@ import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connecti
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { extraPlugins } from "./plugins/index.ts";
 import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
+import { makePaginationPlugin } from "./plugins/pagination.ts";
+import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
 
 export interface PresetOptions {
   authPool: Pool;
@@ -17,6 +19,8 @@ export interface PresetOptions {
   graphiql: boolean;
   development: boolean;
   maxRequestBytes: number;
+  /** The largest page a list returns (PAGE_SIZE_MAX). */
+  pageSizeMax?: number;
   maskError?: (error: GraphQLError) => GraphQLError;
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
@@ -93,9 +97,11 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
     plugins: [
       OperationCountPlugin,
+      TenantKeyInflectionPlugin,
       makeAuthPlugin(
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
       ),
+      makePaginationPlugin(opts.pageSizeMax ?? 100),
       ...extraPlugins,
     ],
     pgServices: [
@@ -110,7 +116,8 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
     },
     schema: {
       // Aggregates scan the whole filtered set: opt in per table with `@behavior +aggregates`.
-      defaultBehavior: "-aggregates -groupedAggregates",
+      // Lists page forward only (first/after): a default and a maximum page size always apply.
+      defaultBehavior: "-aggregates -groupedAggregates -resource:connection:backwards",
       connectionFilterAllowedOperators: ALLOWED_FILTER_OPERATORS,
       connectionFilterArrays: true,
       connectionFilterComputedColumns: false,

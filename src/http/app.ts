@@ -56,7 +56,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const metrics = new Metrics({ auth: deps.authPool, owner: deps.ownerPool }, deps.queueDepth);
   const app = express();
   app.disable("x-powered-by");
-  app.set("trust proxy", config.auth.trustProxy);
+  // Behind one reverse proxy: the client address is the one that proxy appended to X-Forwarded-For
+  // (never the client-controlled left-most entry).
+  app.set("trust proxy", config.auth.trustProxy ? 1 : false);
 
   // Request id + access log + HTTP metrics.
   app.use((req: Request, res: Response, next: NextFunction) => {
@@ -65,9 +67,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
     req.log = logger.child({ requestId: req.id });
     res.setHeader("X-Request-Id", req.id);
     const start = process.hrtime.bigint();
+    const route = routeLabel(req.path); // before any mounted middleware rewrites req.path
     res.on("finish", () => {
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      const route = routeLabel(req.path);
       const labels = { route, method: req.method, status: String(res.statusCode) };
       metrics.httpRequests.inc(labels);
       metrics.httpDuration.observe(labels, seconds);
@@ -147,8 +149,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
     authPool: deps.authPool,
     auth: authPluginOptions(config, deps.jwtSecret),
     graphiql: config.graphiql,
-    development: !config.isProduction && config.nodeEnv !== "test",
+    development: config.graphqlExplain,
     maxRequestBytes: config.maxRequestBytes,
+    pageSizeMax: config.pageSizeMax,
     maskError,
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
     onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),

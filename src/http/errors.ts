@@ -161,6 +161,17 @@ export function makeMaskError(logger: Logger, metrics?: ErrorMetrics) {
         extensions: { ...ext },
       });
     }
+    // A generated update/delete that matched no row the caller may change.
+    if (original && /^No values were (deleted|updated) in collection/.test(original.message)) {
+      metrics?.countError("NOT_FOUND");
+      return new GraphQLError("No such record, or you may not change it.", {
+        nodes: error.nodes,
+        source: error.source,
+        positions: error.positions,
+        path: error.path,
+        extensions: { code: "NOT_FOUND" },
+      });
+    }
     if (!original) {
       // GraphQL parse/validation errors and other errors produced by GraphQL itself.
       const code = (error.extensions?.code as string | undefined) ?? "GRAPHQL_VALIDATION";

@@ -4,6 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { ROOT_DIR } from "../../src/config.ts";
 import { sdlFromDatabase } from "../../src/graphql/sdl.ts";
+import { permissionMatrixMarkdown } from "../../src/db/permission-matrix.ts";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
@@ -25,4 +26,11 @@ test("schema.graphql is up to date (regenerate with npm run schema:export)", asy
     notInSchema: [],
   });
   expect(actual).toBe(committed);
+});
+
+test("README.md's permission matrix is the database's (regenerate with npm run schema:export)", async () => {
+  const readme = await fs.readFile(path.join(ROOT_DIR, "README.md"), "utf8");
+  const block = await permissionMatrixMarkdown(db.owner);
+  expect(readme).toContain(block);
+  expect(block).toContain("| `roles:manage` |");
 });

@@ -13,6 +13,8 @@ export const GLOBAL_TABLES: Record<string, string> = {
 const AUTH = "authentication entry point: reads secrets in crm_private; wired by the server, hidden from the generated API";
 const ADMIN = "access administration: checks its permission explicitly, then writes memberships, grants or private tokens";
 const HELPER = "identity helper used by policies: reads grants without recursing through row-level security";
+const WORKFLOW = "business workflow: checks its permission explicitly (the action is allowed where a plain update is not)";
+const TRASH = "soft delete: works on hidden (deleted) rows after an explicit permission check";
 export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.login": AUTH,
   "crm.refresh_session": AUTH,
@@ -41,6 +43,25 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.visible_owner_ids": HELPER,
   "crm.my_organization_ids": HELPER,
   "crm.current_org_member_ids": HELPER,
+  "crm.assign_task": WORKFLOW,
+  "crm.move_deal_stage": WORKFLOW,
+  "crm.delete_customer": TRASH,
+  "crm.delete_contact": TRASH,
+  "crm.delete_deal": TRASH,
+  "crm.delete_project": TRASH,
+  "crm.delete_note": TRASH,
+  "crm.update_task_status": WORKFLOW,
+  "crm.reports_overview": "organization-wide report: needs reports:read_all, then counts across every owner",
+  "crm.restore_customer": TRASH,
+  "crm.restore_contact": TRASH,
+  "crm.restore_deal": TRASH,
+  "crm.restore_project": TRASH,
+  "crm.restore_note": TRASH,
+  "crm.purge_customer": TRASH,
+  "crm.purge_deal": TRASH,
+  "crm.purge_project": TRASH,
+  "crm.purge_note": TRASH,
+  "crm.deleted_customers": TRASH,
 };
 
 type Q = Pick<pg.ClientBase, "query">;

@@ -7,6 +7,11 @@ import { addMember, createOrg, type TestOrg } from "./identity.ts";
 export interface SeededTenant extends TestOrg {
   memberId: string;
   teamId: string;
+  customerId: string;
+  contactId: string;
+  dealId: string;
+  projectId: string;
+  taskId: string;
 }
 
 export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant> {
@@ -21,6 +26,34 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
     "insert into crm.invitations (organization_id, email, role_id, invited_by, expires_at) values ($1, $2, $3, $4, now() + interval '7 days')",
     [org.id, `invitee@${slug}.test`, org.roles.Viewer, org.adminId],
   );
-  // Audit rows come from the triggers above (memberships, teams, roles…).
-  return { ...org, memberId, teamId };
+  // CRM records owned by the representative, one in every table.
+  const one = async (sql: string, params: unknown[]) => (await q(sql, params)).rows[0]?.id as string;
+  const customerId = await one("insert into crm.customers (organization_id, name, email, owner_id) values ($1, $2, $3, $4) returning id", [
+    org.id, `${slug} customer`, `buyer@${slug}.test`, memberId,
+  ]);
+  await q("update crm.customers set status = 'prospect' where id = $1", [customerId]);
+  const contactId = await one("insert into crm.contacts (organization_id, customer_id, first_name, last_name) values ($1, $2, 'Pat', 'Buyer') returning id", [org.id, customerId]);
+  const tagId = await one("insert into crm.tags (organization_id, name) values ($1, 'vip') returning id", [org.id]);
+  const pipeline = (await q("select id from crm.pipelines where organization_id = $1 and is_default", [org.id])).rows[0].id as string;
+  const stages = (await q("select id from crm.pipeline_stages where pipeline_id = $1 order by position", [pipeline])).rows.map((r) => r.id as string);
+  await q("insert into crm.pipeline_stage_transitions (organization_id, pipeline_id, from_stage_id, to_stage_id) values ($1, $2, $3, $4)", [org.id, pipeline, stages[0], stages[1]]);
+  const dealId = await one("insert into crm.deals (organization_id, customer_id, contact_id, name, amount, owner_id) values ($1, $2, $3, 'First deal', 1000, $4) returning id", [
+    org.id, customerId, contactId, memberId,
+  ]);
+  await q("insert into crm.customer_tags (organization_id, customer_id, tag_id) values ($1, $2, $3)", [org.id, customerId, tagId]);
+  await q("insert into crm.contact_tags (organization_id, contact_id, tag_id) values ($1, $2, $3)", [org.id, contactId, tagId]);
+  await q("insert into crm.deal_tags (organization_id, deal_id, tag_id) values ($1, $2, $3)", [org.id, dealId, tagId]);
+  const projectId = await one("insert into crm.projects (organization_id, customer_id, deal_id, name, manager_id) values ($1, $2, $3, 'Onboarding', $4) returning id", [
+    org.id, customerId, dealId, memberId,
+  ]);
+  const taskA = await one("insert into crm.tasks (organization_id, title, assignee_id, customer_id, project_id) values ($1, 'Call', $2, $3, $4) returning id", [org.id, memberId, customerId, projectId]);
+  const taskB = await one("insert into crm.tasks (organization_id, title, assignee_id, customer_id) values ($1, 'Follow up', $2, $3) returning id", [org.id, memberId, customerId]);
+  await q("insert into crm.task_dependencies (organization_id, task_id, depends_on_task_id) values ($1, $2, $3)", [org.id, taskB, taskA]);
+  await q("insert into crm.work_logs (organization_id, user_id, customer_id, task_id, project_id, minutes) values ($1, $2, $3, $4, $5, 30)", [
+    org.id, memberId, customerId, taskA, projectId,
+  ]);
+  await q("insert into crm.notes (organization_id, content, author_id, customer_id) values ($1, 'Met at the fair', $2, $3)", [org.id, memberId, customerId]);
+  await q("insert into crm.custom_field_definitions (organization_id, entity, key, label, field_type) values ($1, 'customer', 'segment', 'Segment', 'text')", [org.id]);
+  // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
+  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA };
 }
