@@ -35,6 +35,11 @@ describe("catalog rules catch violations", () => {
     ],
     ["securityDefinerUnpinned", "create function crm_private.zz_bad() returns int language sql security definer as 'select 1'", "zz_bad"],
     ["securityDefinerUnpinned", "create function crm.zz_bad() returns int language sql security definer set search_path = pg_catalog as 'select 1'", "zz_bad"],
+    [
+      "policyColumnsWithoutIndex",
+      "create table crm.zz_bad (id int primary key, organization_id uuid not null, owner uuid); create index on crm.zz_bad (organization_id); alter table crm.zz_bad enable row level security; create policy p on crm.zz_bad using (owner = crm.current_user_id())",
+      "crm.zz_bad.owner",
+    ],
     ["viewsNotSecurityInvoker", "create view crm.zz_bad as select 1 as x", "crm.zz_bad"],
     ["grantedToPublic", "create function crm.zz_pub() returns int language sql as 'select 1'; grant execute on function crm.zz_pub() to public", "zz_pub"],
   ];

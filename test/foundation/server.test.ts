@@ -174,3 +174,15 @@ describe("token → pgSettings hook", () => {
     expect(res.status).toBe(401);
   });
 });
+
+describe("shutdown", () => {
+  test("SIGTERM lets an in-flight request finish, then exits cleanly", async () => {
+    const own = await startServer(db);
+    const inFlight = own.gql("{ __typename organizations { totalCount } }");
+    await new Promise((r) => setTimeout(r, 20));
+    const exit = own.stop("SIGTERM");
+    expect((await inFlight).status).toBe(200);
+    expect(await exit).toBe(0);
+    expect(own.logs.some((l) => l.msg === "shutdown complete")).toBe(true);
+  });
+});

@@ -97,6 +97,25 @@ export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
       .map((t) => `${t.name} (column: ${t.has_col}, not null: ${t.not_null}, indexed: ${t.indexed})`);
   },
 
+  async policyColumnsWithoutIndex(db) {
+    // Columns a policy reads must be in an index of their table (the policy runs on every query).
+    const exempt: Record<string, string> = {
+      deleted_at: "soft-delete flag: rows are found through the other, indexed predicates",
+    };
+    const r = await rows<{ tbl: string; policy: string; col: string; indexed: boolean }>(db, `
+      select c.oid::regclass::text as tbl, p.polname as policy, a.attname as col,
+             exists (select 1 from pg_index i where i.indrelid = c.oid and a.attnum = any (i.indkey::int2[])) as indexed
+        from pg_policy p
+        join pg_class c on c.oid = p.polrelid
+        join pg_namespace n on n.oid = c.relnamespace
+        join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+       where n.nspname in ('crm', 'crm_private')
+         and regexp_replace(coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' ' || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''),
+                            '''[^'']*''', '', 'g')
+             ~ ('(^|[^a-z_.])(' || c.relname || '\.)?' || a.attname || '([^a-z_(]|$)')`);
+    return [...new Set(r.filter((x) => !x.indexed && !(x.col in exempt)).map((x) => `${x.tbl}.${x.col} (policy ${x.policy})`))];
+  },
+
   async foreignKeysWithoutIndex(db) {
     const r = await rows<{ name: string; covered: boolean }>(db, `
       select con.conrelid::regclass::text || '.' || con.conname as name,
