@@ -9,7 +9,7 @@ import type { Pool } from "pg";
 import { postgraphile, type PostGraphileInstance } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import type { Config } from "../config.ts";
-import type { Logger } from "../logger.ts";
+import { requestScope, type Logger } from "../logger.ts";
 import { makePreset } from "../graphql/preset.ts";
 import { authPluginOptions } from "../graphql/plugins/auth.ts";
 import { makeMaskError } from "./errors.ts";
@@ -64,7 +64,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   app.use((req: Request, res: Response, next: NextFunction) => {
     const incoming = req.header("x-request-id");
     req.id = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
-    req.log = logger.child({ requestId: req.id });
+    req.log = logger;
     res.setHeader("X-Request-Id", req.id);
     const start = process.hrtime.bigint();
     const route = routeLabel(req.path); // before any mounted middleware rewrites req.path
@@ -80,7 +80,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
         );
       }
     });
-    next();
+    requestScope.run({ requestId: req.id }, next);
   });
 
   app.use(
