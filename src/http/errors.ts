@@ -83,7 +83,11 @@ export function camelCase(snake: string): string {
 
 /** The GraphQL field a constraint or error refers to, or undefined. */
 export function fieldOf(e: PgErrorLike): string | undefined {
-  if (e.column) return camelCase(e.column);
+  // `customFields.<key>`: the key is the user's own, only the column part is camel-cased.
+  if (e.column) {
+    const [col, ...rest] = e.column.split(".");
+    return [camelCase(col!), ...rest].join(".");
+  }
   // "Key (organization_id, email)=(…) already exists." / "… is not present in table …"
   const key = e.detail?.match(/^Key \(([^)]+)\)=/);
   if (key?.[1]) {
@@ -96,7 +100,12 @@ export function fieldOf(e: PgErrorLike): string | undefined {
     // Convention: <table>_<column>_<suffix>; the table prefix and the suffix are stripped.
     let name = e.constraint;
     if (e.table && name.startsWith(`${e.table}_`)) name = name.slice(e.table.length + 1);
-    name = name.replace(/_(check|key|fkey|format|range|length|not_blank|valid|unique|idx|excl)$/, "");
+    // Foreign keys are named after the relation (deals_customer_fkey → customerId).
+    if (/_fkey$/.test(name) && !/_id_fkey$/.test(name)) name = name.replace(/_fkey$/, "_id");
+    name = name.replace(
+      /_(check|key|fkey|format|range|length|not_blank|valid|unique|idx|excl|object|array|order|needed|not_self|not_database_role)$/,
+      "",
+    );
     if (name) return camelCase(name);
   }
   return undefined;

@@ -132,6 +132,20 @@ describe("references never cross organizations", () => {
     expect(await count(`select count(*)::int as n from ${table}`)).toBe(before);
   });
 
+  test("an update cannot move a record onto a customer the caller cannot see", async () => {
+    const deal = await as("rep1", `mutation ($c: UUID!) { createDeal(input: { deal: { name: "Mine", customerId: $c } }) { deal { rowId } } }`, { c: customers.rep1 });
+    const id = deal.data.createDeal.deal.rowId;
+    const moved = await as("rep1", `mutation ($id: UUID!, $c: UUID!) { updateDeal(input: { rowId: $id, patch: { customerId: $c } }) { deal { customerId } } }`, { id, c: customers.rep3 });
+    expect(code(moved)).toBe("FORBIDDEN");
+    expect((await db.owner.query("select customer_id from crm.deals where id = $1", [id])).rows[0].customer_id).toBe(customers.rep1);
+  });
+
+  test("a reference into another organization names the field at fault", async () => {
+    const res = await as("manager", `mutation ($c: UUID!) { createTask(input: { task: { title: "x", customerId: $c } }) { task { rowId } } }`, { c: other.customerId });
+    expect(["VALIDATION", "FORBIDDEN"]).toContain(code(res));
+    if (code(res) === "VALIDATION") expect(res.errors?.[0]?.extensions?.field).toBe("customerId");
+  });
+
   test("a deal's contact must belong to the deal's customer", async () => {
     const res = await as("admin", `mutation ($c: UUID!, $k: UUID!) { createDeal(input: { deal: { name: "x", customerId: $c, contactId: $k } }) { deal { rowId } } }`, {
       c: customers.rep2,
@@ -279,7 +293,7 @@ describe("custom fields", () => {
   beforeAll(async () => {
     const def = (key: string, type: string, extra = "") =>
       as("admin", `mutation { createCustomFieldDefinition(input: { customFieldDefinition: { entity: "customer", key: "${key}", label: "${key}", fieldType: "${type}" ${extra} } }) { clientMutationId } }`);
-    for (const r of [await def("tier", "select", `, options: ["gold", "silver"]`), await def("seats", "number"), await def("renewal", "date"), await def("region", "text", ", isRequired: false")]) {
+    for (const r of [await def("tier", "select", `, options: ["gold", "silver"]`), await def("seats", "number"), await def("renewal_date", "date"), await def("region", "text", ", isRequired: false")]) {
       expect(r.errors).toBeUndefined();
     }
   });
@@ -287,8 +301,8 @@ describe("custom fields", () => {
     as("manager", `mutation ($id: UUID!, $f: JSON!) { updateCustomer(input: { rowId: $id, patch: { customFields: $f } }) { customer { customFields } } }`, { id: customers.rep3, f: fields });
 
   test("valid values are stored and filterable", async () => {
-    const ok = await setFields({ tier: "gold", seats: 12, renewal: "2027-01-31" });
-    expect(ok.data.updateCustomer.customer.customFields).toEqual({ tier: "gold", seats: 12, renewal: "2027-01-31" });
+    const ok = await setFields({ tier: "gold", seats: 12, renewal_date: "2027-01-31" });
+    expect(ok.data.updateCustomer.customer.customFields).toEqual({ tier: "gold", seats: 12, renewal_date: "2027-01-31" });
     const found = await as("manager", `{ customers(filter: { customFields: { contains: { tier: "gold" } } }) { nodes { name } } }`);
     expect(found.data.customers.nodes).toEqual([{ name: "Rep Three plc" }]);
   });
@@ -297,10 +311,10 @@ describe("custom fields", () => {
     [{ unknown: 1 }, "customFields.unknown"],
     [{ tier: "bronze" }, "customFields.tier"],
     [{ seats: "twelve" }, "customFields.seats"],
-    [{ renewal: "2027-02-30" }, "customFields.renewal"],
+    [{ renewal_date: "2027-02-30" }, "customFields.renewal_date"],
   ])("%j is refused with VALIDATION naming the field", async (fields, field) => {
     const res = await setFields(fields);
-    expect(res.errors?.[0]?.extensions).toMatchObject({ code: "VALIDATION", field: field.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()) });
+    expect(res.errors?.[0]?.extensions).toMatchObject({ code: "VALIDATION", field });
   });
 
   test("a required field must be present", async () => {
@@ -379,8 +393,13 @@ describe("search, timeline, reports, lists", () => {
     const total = r.customersByStatus.reduce((s: number, x: { count: number }) => s + x.count, 0);
     expect(total).toBe(await count("select count(*)::int as n from crm.customers where organization_id = $1 and deleted_at is null", [org.id]));
     expect(r.dealsByStage.map((s: { stage: string }) => s.stage)).toContain("Closed won");
-    expect(r.openPipeline.count).toBeGreaterThan(0);
-    expect(Number(r.openPipeline.weightedForecast)).toBeLessThanOrEqual(Number(r.openPipeline.amount));
+    // Money per currency: a EUR deal is never added to USD amounts.
+    await db.owner.query("insert into crm.deals (organization_id, customer_id, name, amount, currency, owner_id) values ($1, $2, 'Euro deal', 500, 'EUR', $3)", [org.id, customers.rep3, users.rep3]);
+    const perCurrency = (await as("manager", `{ reportsOverview }`)).data.reportsOverview.openPipeline as { currency: string; count: number; amount: number; weightedForecast: number }[];
+    expect(perCurrency.map((p) => p.currency)).toEqual(["EUR", "USD"]);
+    const eur = perCurrency.find((p) => p.currency === "EUR")!;
+    expect(Number(eur.amount)).toBe(500);
+    for (const p of perCurrency) expect(Number(p.weightedForecast)).toBeLessThanOrEqual(Number(p.amount));
     await db.owner.query("update crm.tasks set due_at = now() - interval '1 day' where id = $1", [org.taskId]);
     expect(r.overdueTasksByAssignee).toBeDefined();
     const again = (await as("manager", `{ reportsOverview }`)).data.reportsOverview;
