@@ -14,6 +14,7 @@ import { startWorker } from "../worker/runner.ts";
 import { makePrincipalResolver } from "./auth/principal.ts";
 import { migrationsCurrent } from "./db/migrations.ts";
 import { ensureDemoTenant, type DemoAccess } from "./db/demo.ts";
+import { seedDemoData } from "./db/seed-demo.ts";
 
 export interface Connections {
   ownerUrl: string;
@@ -71,6 +72,20 @@ export async function resolveConnections(config: Config, logger: Logger): Promis
   }
 }
 
+async function seedDemoOrganization(ownerPool: pg.Pool, slug: string, logger: Logger): Promise<void> {
+  try {
+    const { rows } = await ownerPool.query<{ id: string | null }>(
+      "select case when to_regclass('crm.customers') is not null then (select id from crm.organizations where slug = $1) end as id",
+      [slug],
+    );
+    if (!rows[0]?.id) return;
+    const summary = await seedDemoData(ownerPool, rows[0].id);
+    logger.info({ organization: slug, ...summary.counts, ms: summary.durationMs }, "demo organization filled with demo data");
+  } catch (err) {
+    logger.error({ err, organization: slug }, "could not fill the demo organization; run npm run seed:demo");
+  }
+}
+
 export async function resolveJwtSecret(config: Config): Promise<string> {
   if (config.jwt.secret) return config.jwt.secret;
   // Development only (production refuses to start without JWT_SECRET): generated once, kept in .data.
@@ -112,6 +127,9 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       config.demo && !config.isProduction && connections.embedded
         ? await ensureDemoTenant(ownerPool, config.embedded.dataDir, config.auth.bcryptCost)
         : undefined;
+    // A demo organization created now is filled with demo data (the default volume, under a second),
+    // so GraphiQL has something to show. A failure is logged and the service starts anyway.
+    if (demo?.created) await seedDemoOrganization(ownerPool, demo.organizationSlug, logger);
 
     let runner: Runner | undefined;
     let app: App | undefined;

@@ -52,6 +52,8 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.delete_note": TRASH,
   "crm.update_task_status": WORKFLOW,
   "crm.reports_overview": "organization-wide report: needs reports:read_all, then counts across every owner",
+  "crm.search":
+    "search: applies the policies' visibility rules itself, because row-level security keeps the non-leakproof text-search operators away from the GIN indexes",
   "crm.restore_customer": TRASH,
   "crm.restore_contact": TRASH,
   "crm.restore_deal": TRASH,
