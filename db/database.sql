@@ -12,3 +12,4 @@ alter schema public owner to crm_owner;
 create extension if not exists pgcrypto with schema public;
 create extension if not exists citext with schema public;
 create extension if not exists pg_trgm with schema public;
+create extension if not exists btree_gin with schema public;

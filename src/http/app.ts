@@ -106,11 +106,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
 
   app.get("/ready", async (_req, res) => {
     const checks: Record<string, boolean> = {};
-    await Promise.all(
-      deps.readiness.map(async (c) => {
+    await Promise.all([
+      ...deps.readiness.map(async (c) => {
         checks[c.name] = await c.check().catch(() => false);
       }),
-    );
+      // The GraphQL schema was built from the database (a failed build fails every request).
+      Promise.resolve()
+        .then(() => pgl.getSchema())
+        .then(
+          () => (checks.schema = true),
+          () => (checks.schema = false),
+        ),
+    ]);
     const ok = Object.values(checks).every(Boolean);
     res.status(ok ? 200 : 503).json({ status: ok ? "ready" : "not_ready", checks });
   });

@@ -34,7 +34,7 @@ describe("health, readiness and metrics", () => {
   test("GET /ready checks the database and migrations", async () => {
     const res = await fetch(`${server.url}/ready`);
     expect(res.status).toBe(200);
-    expect(await res.json()).toEqual({ status: "ready", checks: { database: true, migrations: true } });
+    expect(await res.json()).toEqual({ status: "ready", checks: { database: true, migrations: true, schema: true } });
   });
 
   test("GET /metrics exposes HTTP, GraphQL, pool and queue metrics in Prometheus format", async () => {
