@@ -5,7 +5,7 @@ import pg from "pg";
 import { ConfigError, loadConfig } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { migrate } from "../db/bootstrap.ts";
-import { DEFAULT_VOLUME, SCALE_VOLUME, SeedRefusedError, seedDemoData } from "../db/seed-demo.ts";
+import { DEFAULT_VOLUME, SCALE_VOLUME, SeedRefusedError, seedDemoData, settleAfterBulkLoad } from "../db/seed-demo.ts";
 
 const USAGE = `Usage: npm run seed:demo -- [options]
 
@@ -90,6 +90,7 @@ try {
     append: args.append,
     log: (m) => logger.info(m),
   });
+  await settleAfterBulkLoad(pool);
   const width = Math.max(...Object.keys(summary.counts).map((k) => k.length));
   process.stdout.write(
     [

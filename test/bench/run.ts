@@ -10,7 +10,7 @@ import path from "node:path";
 import pg from "pg";
 import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../../src/db/bootstrap.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../../src/db/embedded.ts";
-import { seedDemoData, SCALE_VOLUME, DEFAULT_VOLUME } from "../../src/db/seed-demo.ts";
+import { seedDemoData, settleAfterBulkLoad, SCALE_VOLUME, DEFAULT_VOLUME } from "../../src/db/seed-demo.ts";
 import { startServer } from "../helpers/server.ts";
 import type { TestDb } from "../helpers/db.ts";
 
@@ -54,7 +54,7 @@ const orgId = rows[0]!.id;
 process.stdout.write(`seeding ${small ? "the default volume" : "--scale"}…\n`);
 const seeded = await seedDemoData(owner, orgId, { volume: small ? DEFAULT_VOLUME : SCALE_VOLUME });
 process.stdout.write(`seeded in ${(seeded.durationMs / 1000).toFixed(1)} s: ${JSON.stringify(seeded.counts)}\n`);
-await owner.query("analyze");
+await settleAfterBulkLoad(owner);
 
 const member = async (role: string) =>
   (
