@@ -114,6 +114,19 @@ function roleMap(raw: string | undefined): Record<string, string> {
   return map;
 }
 
+/** loadConfig for the command-line entry points: a configuration error is one line and exit code 2. */
+export function loadConfigOrExit(env: NodeJS.ProcessEnv = process.env): Config {
+  try {
+    return loadConfig(env);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`Configuration error: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const nodeEnv = env.NODE_ENV || "development";
   const isProduction = nodeEnv === "production";

@@ -5,7 +5,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import crypto from "node:crypto";
 import pg from "pg";
-import { loadConfig, ROOT_DIR } from "../config.ts";
+import { loadConfigOrExit, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../db/bootstrap.ts";
 import { startEmbeddedPostgres } from "../db/embedded.ts";
@@ -13,7 +13,7 @@ import { permissionMatrixMarkdown, withMatrix } from "../db/permission-matrix.ts
 
 process.env.GRAPHILE_ENV ??= "production";
 const { sdlFromDatabase } = await import("../graphql/sdl.ts");
-const config = loadConfig();
+const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 const check = process.argv.includes("--check");
 const embedded = process.env.ROOT_DATABASE_URL

@@ -3,12 +3,12 @@
 import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
 import path from "node:path";
-import { loadConfig, ROOT_DIR } from "../config.ts";
+import { loadConfigOrExit, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { ensureRoles, migrate, withDatabase } from "../db/bootstrap.ts";
 
 const require = createRequire(import.meta.url);
-const config = loadConfig();
+const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 process.env.GRAPHILE_ENV ??= "production";
 const { resolveConnections } = await import("../service.ts");

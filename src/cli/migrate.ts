@@ -1,9 +1,9 @@
 // npm run migrate: apply graphile-worker's schema and every committed migration, then exit.
-import { loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { migrate } from "../db/bootstrap.ts";
 
-const config = loadConfig();
+const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 process.env.GRAPHILE_ENV ??= "production";
 const { resolveConnections } = await import("../service.ts");

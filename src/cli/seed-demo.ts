@@ -2,7 +2,7 @@
 // organization with demo CRM data (src/db/seed-demo.ts), on the configured or the embedded database.
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { ConfigError, loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { migrate } from "../db/bootstrap.ts";
 import { DEFAULT_VOLUME, SCALE_VOLUME, SeedRefusedError, seedDemoData, settleAfterBulkLoad } from "../db/seed-demo.ts";
@@ -47,16 +47,7 @@ if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed > 0xfffff
   process.exit(2);
 }
 
-let config;
-try {
-  config = loadConfig();
-} catch (e) {
-  if (e instanceof ConfigError) {
-    process.stderr.write(`Configuration error: ${e.message}\n`);
-    process.exit(2);
-  }
-  throw e;
-}
+const config = loadConfigOrExit();
 if (config.isProduction && !args.force) {
   process.stderr.write("Refusing to write demo data with NODE_ENV=production; pass --force if you really mean it.\n");
   process.exit(2);

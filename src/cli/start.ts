@@ -1,17 +1,8 @@
 // npm start: the API (and, unless WORKER=off, the worker) on the configured or embedded database.
-import { ConfigError, loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../logger.ts";
 
-let config;
-try {
-  config = loadConfig();
-} catch (e) {
-  if (e instanceof ConfigError) {
-    process.stderr.write(`Configuration error: ${e.message}\n`);
-    process.exit(2);
-  }
-  throw e;
-}
+const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 // Grafast reads GRAPHILE_ENV when it loads: set it before the server modules are imported.
 process.env.GRAPHILE_ENV ??= config.isProduction || config.nodeEnv === "test" ? "production" : "development";

@@ -1,11 +1,11 @@
 // npm run worker: graphile-worker as its own process (run the API with WORKER=off).
 import pg from "pg";
-import { loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { migrate } from "../db/bootstrap.ts";
 import { startWorker } from "../../worker/runner.ts";
 
-const config = loadConfig();
+const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 process.env.GRAPHILE_ENV ??= "production";
 const { resolveConnections } = await import("../service.ts");

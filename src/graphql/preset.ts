@@ -7,7 +7,6 @@ import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PgSimplifyInflectionPreset } from "@graphile/simplify-inflection";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
-import { extraPlugins } from "./plugins/index.ts";
 import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
 import { makePaginationPlugin } from "./plugins/pagination.ts";
 import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
@@ -102,7 +101,6 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
       ),
       makePaginationPlugin(opts.pageSizeMax ?? 100),
-      ...extraPlugins,
     ],
     pgServices: [
       makePgService({

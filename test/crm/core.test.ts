@@ -272,6 +272,15 @@ describe("task workflow", () => {
     expect((await dep(c, b)).errors).toBeUndefined();
     expect(code(await dep(a, c))).toBe("INVALID_STATE");
     expect(["INVALID_STATE", "VALIDATION"]).toContain(code(await dep(a, a)));
+    // Only tasks the caller can see can be linked: a rep with tasks:create sees only their own.
+    const rogue = (await db.owner.query("insert into crm.roles (organization_id, name) values ($1, 'Planner') returning id", [org.id])).rows[0].id;
+    await db.owner.query("insert into crm.role_permissions (organization_id, role_id, permission_code) values ($1, $2, 'tasks:create'), ($1, $2, 'tasks:read_own')", [org.id, rogue]);
+    const planner = await addMember(db, org, "core-planner", "Viewer");
+    await db.owner.query("update crm.organization_memberships set role_id = $1 where user_id = $2", [rogue, planner]);
+    tokens.planner = (await startSession(db, planner, org.id)).accessToken;
+    const own = (await as("planner", `mutation { createTask(input: { task: { title: "Mine" } }) { task { rowId } } }`)).data.createTask.task.rowId;
+    const linked = await as("planner", `mutation ($x: UUID!, $y: UUID!) { createTaskDependency(input: { taskDependency: { taskId: $x, dependsOnTaskId: $y } }) { clientMutationId } }`, { x: own, y: a });
+    expect(code(linked)).toBe("FORBIDDEN");
   });
 });
 
