@@ -65,7 +65,7 @@ try {
   await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
   const { rows: schema } = await pool.query<{ ok: boolean }>("select to_regclass('crm.customers') is not null as ok");
   if (!schema[0]?.ok) {
-    throw new SeedRefusedError("The CRM tables are not in this database yet: apply migrations/current.sql first (npm run gm -- watch --once).");
+    throw new SeedRefusedError("The CRM tables are not in this database yet: apply migrations/current/ first (npm run gm -- watch --once).");
   }
   const slug = args.org;
   let org = (await pool.query<{ id: string }>("select id from crm.organizations where slug = $1", [slug])).rows[0];

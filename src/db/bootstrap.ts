@@ -108,15 +108,27 @@ export async function migrate(ownerUrl: string, log?: MigrateLogger): Promise<vo
   }
 }
 
+/** The uncommitted migration's text: `migrations/current.sql`, or the files of `migrations/current/` in order. */
+export async function readCurrentMigration(): Promise<string> {
+  const dir = path.join(ROOT_DIR, "migrations", "current");
+  const files = await fs.readdir(dir).catch(() => null);
+  if (!files) return fs.readFile(path.join(ROOT_DIR, "migrations", "current.sql"), "utf8").catch(() => "");
+  const sql = files.filter((f) => /^\d+(-[-_a-zA-Z0-9]+)?\.sql$/.test(f)).sort((a, b) => parseInt(a, 10) - parseInt(b, 10));
+  return (await Promise.all(sql.map((f) => fs.readFile(path.join(dir, f), "utf8")))).join("\n");
+}
+
+/** Whether a migration text holds any statement (not only blank lines and `--` comments). */
+export function hasStatements(body: string): boolean {
+  return body.split("\n").some((l) => l.trim() && !l.trim().startsWith("--"));
+}
+
 /**
- * Development only: apply the uncommitted migrations/current.sql on top (graphile-migrate `watch
- * --once`). Used by the test setup so work in progress can be tested before it is committed; CI
- * refuses a non-empty current.sql.
+ * Development only: apply the uncommitted migration (`migrations/current/`, one file per concern)
+ * on top (graphile-migrate `watch --once`). Used by the test setup so work in progress can be tested
+ * before it is committed; CI refuses uncommitted statements.
  */
 export async function applyCurrentMigration(ownerUrl: string, log?: MigrateLogger): Promise<boolean> {
-  const file = path.join(ROOT_DIR, "migrations", "current.sql");
-  const body = await fs.readFile(file, "utf8").catch(() => "");
-  if (!body.split("\n").some((l) => l.trim() && !l.trim().startsWith("--"))) return false;
+  if (!hasStatements(await readCurrentMigration())) return false;
   const { watch } = await import("graphile-migrate");
   await watch(
     { connectionString: ownerUrl, migrationsFolder: path.join(ROOT_DIR, "migrations"), logger: quietMigrateLogger(log) } as never,

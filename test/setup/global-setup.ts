@@ -37,7 +37,7 @@ export default async function globalSetup(): Promise<void> {
   const templateOwnerUrl = withCredentials(withDatabase(rootUrl, TEMPLATE_DB), "crm_owner", TEST_PASSWORDS.owner);
   await migrate(templateOwnerUrl);
   if (await applyCurrentMigration(templateOwnerUrl, { info: () => undefined, warn: (m) => process.stderr.write(`${m}\n`) })) {
-    process.stdout.write("\n[cairn] migrations/current.sql (uncommitted) applied to the test template\n");
+    process.stdout.write("\n[cairn] migrations/current/ (uncommitted) applied to the test template\n");
   }
   process.env[ROOT_URL_ENV] = rootUrl;
   process.stdout.write(

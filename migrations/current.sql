@@ -1,1 +1,0 @@
--- Enter the next migration here. Keep it idempotent (create or replace, drop … if exists).

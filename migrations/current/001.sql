@@ -1,0 +1,1 @@
+-- The next migration, one file per concern (NNN-domain.sql). Keep it idempotent (create or replace, drop … if exists).
