@@ -1,13 +1,15 @@
-// npm run schema:export [-- --check]: writes (or checks) the sorted SDL of the GraphQL schema in
-// schema.graphql and the default permission matrix in README.md. It introspects a scratch database migrated from nothing, so the output depends only
-// on the committed migrations: the embedded server, or the server of ROOT_DATABASE_URL (a superuser).
+// npm run schema:export [-- --check] [-- --with-current]: writes (or checks) the sorted SDL of the
+// GraphQL schema in schema.graphql and the default permission matrix in README.md. It introspects a
+// scratch database migrated from nothing, so the output depends only on the committed migrations
+// (plus migrations/current/ with --with-current, while a change is being written): the embedded
+// server, or the server of ROOT_DATABASE_URL (a superuser).
 import fs from "node:fs/promises";
 import path from "node:path";
 import crypto from "node:crypto";
 import pg from "pg";
 import { loadConfigOrExit, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
-import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../db/bootstrap.ts";
+import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../db/bootstrap.ts";
 import { startEmbeddedPostgres } from "../db/embedded.ts";
 import { permissionMatrixMarkdown, withMatrix } from "../db/permission-matrix.ts";
 
@@ -16,6 +18,7 @@ const { sdlFromDatabase } = await import("../graphql/sdl.ts");
 const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 const check = process.argv.includes("--check");
+const withCurrent = process.argv.includes("--with-current");
 const embedded = process.env.ROOT_DATABASE_URL
   ? undefined
   : await startEmbeddedPostgres({ dataDir: config.embedded.dataDir, port: config.embedded.port, log: (l) => logger.debug(l) });
@@ -47,6 +50,7 @@ try {
   await ensureDatabase(rootUrl, scratch);
   const dbUrl = withDatabase(rootUrl, scratch);
   await migrate(asRole(dbUrl, "crm_owner"));
+  if (withCurrent) await applyCurrentMigration(asRole(dbUrl, "crm_owner"));
   sdl = await sdlFromDatabase(asRole(dbUrl, "crm_authenticator"));
   const owner = new pg.Client({ connectionString: asRole(dbUrl, "crm_owner") });
   await owner.connect();
