@@ -30,7 +30,8 @@ describe("default volume", () => {
         where m.organization_id = $1 group by 1 order by 1`,
       [org.id],
     );
-    expect(Object.fromEntries(roles.rows.map((r) => [r.role, r.n]))).toEqual({ Administrator: 1, "Sales Manager": 1, "Sales Representative": 4 });
+    // Besides the organization's system principal (every organization has one, with the System role).
+    expect(Object.fromEntries(roles.rows.map((r) => [r.role, r.n]))).toEqual({ Administrator: 1, "Sales Manager": 1, "Sales Representative": 4, System: 1 });
     expect(await count("select count(*)::int as n from crm.teams where organization_id = $1")).toBe(2);
     expect(await count("select count(distinct team_id)::int as n from crm.team_members where organization_id = $1 and is_lead")).toBe(2);
   });
@@ -271,7 +272,7 @@ describe("runs", () => {
     expect(more.counts.customers).toBe(5);
     expect(await count("select count(*)::int as n from crm.customers where organization_id = $1")).toBe(105);
     // The existing members and teams are reused.
-    expect(await count("select count(*)::int as n from crm.organization_memberships where organization_id = $1")).toBe(6);
+    expect(await count("select count(*)::int as n from crm.organization_memberships where organization_id = $1")).toBe(7); // 6 people + the system principal
   });
 
   test("the same seed gives the same data", async () => {
