@@ -62,6 +62,10 @@ export interface Config {
   demo: boolean;
   /** Front-end base URL used in email links. */
   publicAppUrl: string;
+  jobs: {
+    /** crm.job_runs older than this are removed by maintenance:prune. */
+    runsRetentionDays: number;
+  };
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -197,5 +201,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     demo: bool(env, "DEMO_DATA", !isProduction && !databaseUrl),
     publicAppUrl: (env.PUBLIC_APP_URL || "http://localhost:3000").replace(/\/+$/, ""),
+    jobs: {
+      runsRetentionDays: int(env, "JOB_RUNS_RETENTION_DAYS", 90, 1, 3650),
+    },
   };
 }

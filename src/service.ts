@@ -136,9 +136,12 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     const hooks = {
       onJobComplete: (task: string) => app?.metrics.jobsCompleted.inc({ task }),
       onJobFailed: (task: string) => app?.metrics.jobsFailed.inc({ task }),
+      onJobStart: (task: string) => app?.metrics.jobsStarted.inc({ task }),
+      onJobPermanentlyFailed: (task: string) => app?.metrics.jobsPermanentlyFailed.inc({ task }),
+      onJobFinished: (task: string, outcome: string, seconds: number) => app?.metrics.jobDuration.observe({ task, outcome }, seconds),
     };
     if (config.worker === "inline") {
-      runner = await startWorker({ config, logger, ownerPool, hooks });
+      runner = await startWorker({ config, logger, ownerPool, authPool, hooks });
       const r = runner;
       cleanups.push(() => r.stop());
     }

@@ -6,6 +6,8 @@ export interface TaskContext {
   config: Config;
   logger: Logger;
   ownerPool: Pool;
+  /** Authenticator pool: tenant jobs run their transaction on it as crm_user (ownerPool if absent). */
+  authPool?: Pool;
 }
 
 export class PayloadError extends Error {

@@ -14,7 +14,10 @@ if (config.migrateOnStart) await migrate(connections.ownerUrl, { info: (m) => lo
 const pool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.workerConcurrency + 2 });
 pool.on("error", (err) => logger.error({ err }, "owner pool error"));
 pool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "owner connection error")));
-const runner = await startWorker({ config, logger, ownerPool: pool });
+// Tenant jobs run their transactions on the authenticator connection (as crm_user, like requests).
+const authPool = new pg.Pool({ connectionString: connections.authUrl, max: config.workerConcurrency });
+authPool.on("error", (err) => logger.error({ err }, "authenticator pool error"));
+const runner = await startWorker({ config, logger, ownerPool: pool, authPool });
 let stopping = false;
 const stop = async (signal: string) => {
   if (stopping) process.exit(1);
@@ -24,6 +27,7 @@ const stop = async (signal: string) => {
   timer.unref();
   await runner.stop().catch((err) => logger.error({ err }, "worker stop failed"));
   await pool.end();
+  await authPool.end();
   await connections.embedded?.stop();
   process.exit(0);
 };

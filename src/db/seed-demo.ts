@@ -725,7 +725,11 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
     const taskInfo: { id: string; customer: CustomerGen | null; assignee: string; project: string | null; created: number }[] = [];
     const pickTaskCustomer = weightedPicker(customers, (c) => ({ lead: 1, prospect: 1.5, customer: 1.5, churned: 0.3 })[c.status] ?? 1);
     const projectList = [...projectById.values()];
-    for (let i = 0; i < vol.tasks; i++) {
+    // A few named recurring tasks (tasks:recur creates their occurrences), one on the month-end rule,
+    // counted in the volume; fixed dates and people, no random draws.
+    const named = recurringTaskRows(orgId, (managers[0] ?? sellers[0]!).id, now).slice(0, vol.tasks);
+    tasks.push(...named);
+    for (let i = 0; i < vol.tasks - named.length; i++) {
       let project: { row: Row; customer: CustomerGen; tasks: string[] } | null = null;
       let c: CustomerGen | null = null;
       if (projectList.length && rnd.chance(0.15)) {
@@ -971,6 +975,44 @@ function staffName(i: number, role: "manager" | "rep"): readonly [string, string
 }
 
 /** Adds the volume's managers and representatives (users without a password) and returns every active member. */
+function recurringTaskRows(orgId: string, assignee: string, now: number): Row[] {
+  const today = new Date(now);
+  const at = (y: number, m: number, d: number, h: number) => new Date(Date.UTC(y, m, d, h)).toISOString();
+  const y = today.getUTCFullYear();
+  const m = today.getUTCMonth();
+  const monday = new Date(Date.UTC(y, m, today.getUTCDate() - ((today.getUTCDay() + 6) % 7)));
+  const lastOfPreviousMonth = new Date(Date.UTC(y, m, 0));
+  const row = (title: string, type: string, every: string, created: string, due: string, hours: number | null): Row => ({
+    id: crypto.randomUUID(),
+    organization_id: orgId,
+    type,
+    title,
+    description: "Repeats on its own: the daily tasks:recur job creates the next occurrence.",
+    status: "not_started",
+    priority: "medium",
+    due_at: due,
+    completed_at: null,
+    assignee_id: assignee,
+    created_by: assignee,
+    customer_id: null,
+    contact_id: null,
+    deal_id: null,
+    project_id: null,
+    estimated_hours: hours,
+    is_recurring: true,
+    recurrence_interval: every,
+    created_at: created,
+    updated_at: created,
+  });
+  const mondayAt = (days: number, h: number) => at(monday.getUTCFullYear(), monday.getUTCMonth(), monday.getUTCDate() + days, h);
+  const monthEnd = (h: number) => at(lastOfPreviousMonth.getUTCFullYear(), lastOfPreviousMonth.getUTCMonth(), lastOfPreviousMonth.getUTCDate(), h);
+  return [
+    row("Weekly pipeline review", "meeting", "7 days", mondayAt(-7, 7), mondayAt(-7, 9), 1),
+    row("Fortnightly backlog grooming", "todo", "14 days", mondayAt(-3, 7), mondayAt(-3, 14), 2),
+    row("Month-end revenue report", "todo", "1 mon", monthEnd(6), monthEnd(17), 3),
+  ];
+}
+
 async function ensureStaff(client: pg.ClientBase, orgId: string, slug: string, vol: SeedVolume): Promise<Member[]> {
   const prefix = slug.slice(0, 40);
   const staff: Row[] = [];

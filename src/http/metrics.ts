@@ -41,6 +41,25 @@ export class Metrics {
     labelNames: ["task"] as const,
     registers: [this.registry],
   });
+  readonly jobsStarted = new client.Counter({
+    name: "cairn_jobs_started_total",
+    help: "Background job attempts started, by task",
+    labelNames: ["task"] as const,
+    registers: [this.registry],
+  });
+  readonly jobsPermanentlyFailed = new client.Counter({
+    name: "cairn_jobs_permanently_failed_total",
+    help: "Background jobs whose last attempt failed (they will not run again), by task",
+    labelNames: ["task"] as const,
+    registers: [this.registry],
+  });
+  readonly jobDuration = new client.Histogram({
+    name: "cairn_job_duration_seconds",
+    help: "Background job attempt duration by task and outcome (succeeded, failed)",
+    labelNames: ["task", "outcome"] as const,
+    buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900],
+    registers: [this.registry],
+  });
 
   constructor(pools: Record<string, Pool | undefined>, queueDepth: () => Promise<number | null>) {
     client.collectDefaultMetrics({ register: this.registry, prefix: "cairn_process_" });

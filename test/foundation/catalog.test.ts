@@ -41,6 +41,7 @@ describe("catalog rules catch violations", () => {
       "crm.zz_bad.owner",
     ],
     ["viewsNotSecurityInvoker", "create view crm.zz_bad as select 1 as x", "crm.zz_bad"],
+    ["tenantJobFunctionsNotInvoker", "create function crm_jobs.zz_bad() returns int language sql security definer set search_path = pg_catalog as 'select 1'", "zz_bad"],
     ["grantedToPublic", "create function crm.zz_pub() returns int language sql as 'select 1'; grant execute on function crm.zz_pub() to public", "zz_pub"],
   ];
   for (const [rule, ddl, expected] of cases) {

@@ -212,6 +212,19 @@ export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
     return r.map((x) => x.name);
   },
 
+  async tenantJobFunctionsNotInvoker(db) {
+    // Tenant job SQL (schema crm_jobs) must run under the organization's row-level security as the
+    // system principal: SECURITY INVOKER, executable by crm_user only.
+    const r = await rows<{ name: string; definer: boolean; anonymous: boolean }>(db, `
+      select p.oid::regprocedure::text as name, p.prosecdef as definer,
+             has_function_privilege('crm_anonymous', p.oid, 'execute') as anonymous
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'crm_jobs'`);
+    return r
+      .filter((f) => f.definer || f.anonymous)
+      .map((f) => `${f.name}${f.definer ? " (SECURITY DEFINER: would escape RLS)" : ""}${f.anonymous ? " (executable by crm_anonymous)" : ""}`);
+  },
+
   async privateSchemaUsable(db) {
     const r = await rows<{ role: string }>(db, `
       select r as role from unnest(array['crm_user', 'crm_anonymous']) r where has_schema_privilege(r, 'crm_private', 'usage')

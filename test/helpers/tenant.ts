@@ -54,6 +54,7 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   ]);
   await q("insert into crm.notes (organization_id, content, author_id, customer_id) values ($1, 'Met at the fair', $2, $3)", [org.id, memberId, customerId]);
   await q("insert into crm.custom_field_definitions (organization_id, entity, key, label, field_type) values ($1, 'customer', 'segment', 'Segment', 'text')", [org.id]);
+  await q("insert into crm.job_runs (organization_id, task, outcome, rows_affected, finished_at) values ($1, 'tasks:recur', 'succeeded', 0, now())", [org.id]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
   return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA };
 }

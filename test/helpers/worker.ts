@@ -11,7 +11,7 @@ const silent = new Logger(() => () => undefined);
 export async function runJobs(db: TestDb, env: Record<string, string> = {}): Promise<void> {
   const config = loadConfig({ NODE_ENV: "test", DATABASE_URL: db.ownerUrl, AUTH_DATABASE_URL: db.authUrl, JWT_SECRET: "x".repeat(32), ...env });
   const logger = pino({ level: "silent" });
-  await runOnce({ pgPool: db.owner, taskList: makeTaskList({ config, logger, ownerPool: db.owner }), logger: silent });
+  await runOnce({ pgPool: db.owner, taskList: makeTaskList({ config, logger, ownerPool: db.owner, authPool: db.auth }), logger: silent });
   // graphile-worker records completions without awaiting them; wait until no job is still locked.
   for (let i = 0; i < 200; i++) {
     const { rows } = await db.owner.query("select count(*)::int as n from graphile_worker._private_jobs where locked_at is not null");

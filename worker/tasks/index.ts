@@ -3,13 +3,18 @@ import type { TaskList } from "graphile-worker";
 import type { TaskContext } from "../types.ts";
 import { makeMaintenancePrune } from "./maintenance-prune.ts";
 import { makeEmailSend } from "./email-send.ts";
+import { makeJobsFanOut } from "./jobs-fan-out.ts";
+import { makeTenantTaskList, TENANT_TASK_IDENTIFIERS } from "../tenant/registry.ts";
 
-export const TASK_IDENTIFIERS = ["maintenance:prune", "email:send"] as const;
+// Tenant tasks (one organization each) come from worker/tenant/registry.ts.
+export const TASK_IDENTIFIERS = ["maintenance:prune", "email:send", "jobs:fan_out", ...TENANT_TASK_IDENTIFIERS] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
 export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier, TaskList[string]> {
   return {
     "maintenance:prune": makeMaintenancePrune(ctx),
     "email:send": makeEmailSend(ctx),
+    "jobs:fan_out": makeJobsFanOut(ctx),
+    ...makeTenantTaskList(ctx),
   };
 }

@@ -1,5 +1,6 @@
 // maintenance:prune — removes what has outlived its use (permanently failed jobs after the retention
-// period, and whatever later modules add to crm_private.prune()).
+// period, and whatever later modules add to crm_private.prune()), and tenant job runs past
+// JOB_RUNS_RETENTION_DAYS (crm_private.prune_job_runs).
 import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
 
@@ -15,6 +16,10 @@ export function makeMaintenancePrune(ctx: TaskContext): Task {
       "select crm_private.prune(make_interval(days => $1)) as prune",
       [days],
     );
-    ctx.logger.info({ task: "maintenance:prune", removed: rows[0]?.prune }, "maintenance prune finished");
+    const runs = await helpers.query<{ prune: Record<string, number> }>(
+      "select crm_private.prune_job_runs(make_interval(days => $1)) as prune",
+      [ctx.config.jobs.runsRetentionDays],
+    );
+    ctx.logger.info({ task: "maintenance:prune", removed: { ...rows[0]?.prune, ...runs.rows[0]?.prune } }, "maintenance prune finished");
   };
 }

@@ -1,0 +1,80 @@
+// The registry of tenant tasks: every job that works on one organization's data. Adding a tenant job
+// is adding one entry here (and its crm_jobs function in SQL, or a handler); the fan-out schedules
+// it, the worker runs it through runTenantJob, and crm.job_runs records it. docs/jobs.md has the
+// checklist and the schedule table generated from these entries.
+import type { Task } from "graphile-worker";
+import { assertPayload, type TaskContext } from "../types.ts";
+import { runTenantJob, sqlTenantJob, type TenantJobFn } from "./runner.ts";
+
+/**
+ * When the fan-out enqueues the task for each organization, in the organization's time zone:
+ * `daily` at settings.daily_job_hour (default 3 → 03:00), `weekly` on settings.weekly_job_day
+ * (ISO, default 1 = Monday) at that hour, `hourly` at the start of every local hour, `manual` never
+ * (enqueued by SQL with crm_private.enqueue_tenant_job, e.g. from a mutation).
+ */
+export type TenantSchedule = "hourly" | "daily" | "weekly" | "manual";
+
+export interface TenantTaskDefinition {
+  /** graphile-worker task identifier, `area:verb`. */
+  identifier: string;
+  schedule: TenantSchedule;
+  /** What it does and what it touches (docs/jobs.md's schedule table). */
+  summary: string;
+  /** A crm_jobs function (SECURITY INVOKER, `(payload jsonb) returns bigint`): run as the system principal. */
+  sqlFunction?: `crm_jobs.${string}`;
+  /** Or a TypeScript handler, given the job's transaction (see TenantJobContext). */
+  handler?: TenantJobFn;
+  /** graphile-worker attempts before the job fails permanently (default 5: about 3 minutes of retries). */
+  maxAttempts?: number;
+}
+
+export const TENANT_TASKS = [
+  {
+    identifier: "tasks:recur",
+    schedule: "daily",
+    summary: "Creates the next occurrence of every recurring task whose interval has passed (crm.tasks: inserts occurrences, moves the template's lastTriggeredAt).",
+    sqlFunction: "crm_jobs.recur_tasks",
+  },
+] as const satisfies readonly TenantTaskDefinition[];
+
+export type TenantTaskIdentifier = (typeof TENANT_TASKS)[number]["identifier"];
+export const TENANT_TASK_IDENTIFIERS = TENANT_TASKS.map((t) => t.identifier) as TenantTaskIdentifier[];
+export const DEFAULT_TENANT_MAX_ATTEMPTS = 5;
+
+/** The schedule the fan-out passes to crm_private.fan_out_tenant_jobs. */
+export function tenantSchedule(tasks: readonly TenantTaskDefinition[] = TENANT_TASKS) {
+  return tasks
+    .filter((t) => t.schedule !== "manual")
+    .map((t) => ({ identifier: t.identifier, schedule: t.schedule, max_attempts: t.maxAttempts ?? DEFAULT_TENANT_MAX_ATTEMPTS }));
+}
+
+export interface TenantJobPayload {
+  organizationId: string;
+  [key: string]: unknown;
+}
+
+/** The graphile-worker task for a registry entry: checks the payload, then runTenantJob. */
+export function makeTenantTask(def: TenantTaskDefinition, ctx: TaskContext): Task {
+  const fn = def.handler ?? (def.sqlFunction ? sqlTenantJob(def.sqlFunction) : undefined);
+  if (!fn) throw new Error(`tenant task ${def.identifier} needs a sqlFunction or a handler`);
+  return async (payload, helpers) => {
+    const p = assertPayload<TenantJobPayload>(payload, (v) => typeof v.organizationId === "string");
+    await runTenantJob(
+      { ownerPool: ctx.ownerPool, authPool: ctx.authPool },
+      {
+        organizationId: p.organizationId,
+        task: def.identifier,
+        payload: p,
+        attempt: helpers.job.attempts,
+        maxAttempts: helpers.job.max_attempts,
+        jobId: helpers.job.id,
+        logger: ctx.logger,
+      },
+      fn,
+    );
+  };
+}
+
+export function makeTenantTaskList(ctx: TaskContext, tasks: readonly TenantTaskDefinition[] = TENANT_TASKS): Record<TenantTaskIdentifier, Task> {
+  return Object.fromEntries(tasks.map((t) => [t.identifier, makeTenantTask(t, ctx)])) as Record<TenantTaskIdentifier, Task>;
+}
