@@ -35,14 +35,21 @@ begin
   if not exists (select 1 from pg_constraint where conrelid = 'crm.tasks'::regclass and conname = 'tasks_recurrence_count_range') then
     alter table crm.tasks add constraint tasks_recurrence_count_range check (recurrence_count >= 0);
   end if;
-  -- Whole days or whole months, at least one day; no hours, no mix of months and days.
+  -- Whole days or whole months, at least one day; no hours, no mix of months and days. Tasks saved
+  -- before this rule with another interval (hours were allowed) keep it until they are edited: the
+  -- constraint is then left NOT VALID rather than failing the migration.
   if not exists (select 1 from pg_constraint where conrelid = 'crm.tasks'::regclass and conname = 'tasks_recurrence_interval_valid') then
     alter table crm.tasks add constraint tasks_recurrence_interval_valid check (
       recurrence_interval is null
       or (date_trunc('day', recurrence_interval) = recurrence_interval
           and recurrence_interval >= interval '1 day'
           and (extract(day from recurrence_interval) = 0
-               or extract(year from recurrence_interval) * 12 + extract(month from recurrence_interval) = 0)));
+               or extract(year from recurrence_interval) * 12 + extract(month from recurrence_interval) = 0))) not valid;
+    begin
+      alter table crm.tasks validate constraint tasks_recurrence_interval_valid;
+    exception when check_violation then
+      raise notice 'crm.tasks has recurring tasks with intervals in hours or mixed units; tasks_recurrence_interval_valid is left NOT VALID';
+    end;
   end if;
 end
 $$;
@@ -70,14 +77,15 @@ as $$
 $$;
 
 -- How many whole intervals have passed from `anchor` (a local date and time) to the local date
--- `on_date`: the largest n with (anchor + n × step)::date <= on_date (0 before the first).
+-- `on_date`: the largest n with (anchor + n × step)::date <= on_date (0 before the first). An interval
+-- saved before the whole-days-or-months rule counts as its months, else its days, at least one day.
 create or replace function crm_jobs.recurrence_periods_elapsed(anchor timestamp, step interval, on_date date) returns int
   language sql immutable parallel safe
   set search_path = pg_catalog, pg_temp
 as $$
   select case
     when step is null or anchor is null or on_date <= anchor::date then 0
-    when crm_jobs.interval_months(step) = 0 then (on_date - anchor::date) / extract(day from step)::int
+    when crm_jobs.interval_months(step) = 0 then (on_date - anchor::date) / greatest(extract(day from step)::int, 1)
     else (select case when (anchor + m * step)::date > on_date then m - 1 else m end
             from (select ((extract(year from on_date) - extract(year from anchor)) * 12
                           + extract(month from on_date) - extract(month from anchor))::int / crm_jobs.interval_months(step) as m) x)

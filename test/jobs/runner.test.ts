@@ -6,6 +6,7 @@ import { pino } from "pino";
 import { createTestDb, sqlError, type TestDb } from "../helpers/db.ts";
 import { seedTenant, type SeededTenant } from "../helpers/tenant.ts";
 import { GLOBAL_TABLES } from "../helpers/catalog.ts";
+import { jobs, runJobs } from "../helpers/worker.ts";
 import { runTenantJob, TenantJobBusyError, type TenantJobFn } from "../../worker/tenant/runner.ts";
 
 let db: TestDb;
@@ -112,6 +113,11 @@ describe("isolation: a job for A cannot reach B, even with wrong SQL", () => {
       const secret = await client.query("select 1 from crm_private.sessions").catch((e) => e as { code: string });
       expect((secret as { code: string }).code).toBe("42501");
       await client.query("rollback to savepoint probe");
+      // Even RESET ROLE does not escape: the connection is the authenticator's, which has no privileges.
+      await client.query("reset role");
+      const escaped = await client.query("select count(*) from crm.tasks").catch((e) => e as { code: string });
+      expect((escaped as { code: string }).code).toBe("42501");
+      await client.query("rollback to savepoint probe");
       return 1;
     });
     expect(r.rowsAffected).toBe(1);
@@ -216,5 +222,31 @@ describe("job_runs", () => {
       { task: "test:prune-recent", outcome: "succeeded" },
       { task: "test:prune-stuck", outcome: "failed" },
     ]);
+  });
+});
+
+describe("through the worker", () => {
+  test("a run that finds its task running for the organization comes back later instead of failing", async () => {
+    const holder = await db.owner.connect();
+    try {
+      // Stand in for a run in progress: hold the runner's lock for (tasks:recur, A).
+      await holder.query("select pg_advisory_lock(hashtext('cairn:tenant-job'), hashtext('tasks:recur:' || $1))", [a.id]);
+      await db.owner.query("select crm_private.enqueue_tenant_job('tasks:recur', $1)", [a.id]);
+      await runJobs(db);
+      const [later] = await jobs(db, "tasks:recur");
+      expect(later).toMatchObject({ attempts: 0, last_error: null, payload: expect.objectContaining({ organizationId: a.id }) });
+      const waiting = await db.owner.query("select key, run_at > now() + interval '30 seconds' as later from graphile_worker._private_jobs");
+      expect(waiting.rows).toEqual([{ key: `tenant:tasks:recur:${a.id}`, later: true }]);
+      const runs = await db.owner.query("select count(*)::int as n from crm.job_runs where task = 'tasks:recur' and organization_id = $1 and job_id is not null", [a.id]);
+      expect(runs.rows[0].n).toBe(0);
+    } finally {
+      await holder.query("select pg_advisory_unlock_all()");
+      holder.release();
+    }
+    await db.owner.query("update graphile_worker._private_jobs set run_at = now()");
+    await runJobs(db);
+    expect(await jobs(db)).toEqual([]);
+    const runs = await db.owner.query("select outcome from crm.job_runs where task = 'tasks:recur' and organization_id = $1 and job_id is not null", [a.id]);
+    expect(runs.rows).toEqual([{ outcome: "succeeded" }]);
   });
 });

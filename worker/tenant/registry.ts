@@ -4,7 +4,7 @@
 // checklist and the schedule table generated from these entries.
 import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
-import { runTenantJob, sqlTenantJob, type TenantJobFn } from "./runner.ts";
+import { runTenantJob, sqlTenantJob, TenantJobBusyError, type TenantJobFn } from "./runner.ts";
 
 /**
  * When the fan-out enqueues the task for each organization, in the organization's time zone:
@@ -40,6 +40,8 @@ export const TENANT_TASKS = [
 export type TenantTaskIdentifier = (typeof TENANT_TASKS)[number]["identifier"];
 export const TENANT_TASK_IDENTIFIERS = TENANT_TASKS.map((t) => t.identifier) as TenantTaskIdentifier[];
 export const DEFAULT_TENANT_MAX_ATTEMPTS = 5;
+/** A run that finds another run of its task for its organization in progress waits this long. */
+export const BUSY_RETRY_MS = 60_000;
 
 /** The schedule the fan-out passes to crm_private.fan_out_tenant_jobs. */
 export function tenantSchedule(tasks: readonly TenantTaskDefinition[] = TENANT_TASKS) {
@@ -59,19 +61,31 @@ export function makeTenantTask(def: TenantTaskDefinition, ctx: TaskContext): Tas
   if (!fn) throw new Error(`tenant task ${def.identifier} needs a sqlFunction or a handler`);
   return async (payload, helpers) => {
     const p = assertPayload<TenantJobPayload>(payload, (v) => typeof v.organizationId === "string");
-    await runTenantJob(
-      { ownerPool: ctx.ownerPool, authPool: ctx.authPool },
-      {
-        organizationId: p.organizationId,
-        task: def.identifier,
-        payload: p,
-        attempt: helpers.job.attempts,
+    try {
+      await runTenantJob(
+        { ownerPool: ctx.ownerPool, authPool: ctx.authPool },
+        {
+          organizationId: p.organizationId,
+          task: def.identifier,
+          payload: p,
+          attempt: helpers.job.attempts,
+          maxAttempts: helpers.job.max_attempts,
+          jobId: helpers.job.id,
+          logger: ctx.logger,
+        },
+        fn,
+      );
+    } catch (err) {
+      if (!(err instanceof TenantJobBusyError)) throw err;
+      // Another run is in progress: come back later rather than fail (and alert) after the retries.
+      // The new job takes over the job key (ours is running, so graphile-worker moves the key).
+      await helpers.addJob(def.identifier, p, {
+        jobKey: `tenant:${def.identifier}:${p.organizationId}`,
+        runAt: new Date(Date.now() + BUSY_RETRY_MS),
         maxAttempts: helpers.job.max_attempts,
-        jobId: helpers.job.id,
-        logger: ctx.logger,
-      },
-      fn,
-    );
+      });
+      ctx.logger.info({ task: def.identifier, organizationId: p.organizationId, jobId: helpers.job.id }, "tenant job busy; run again in a minute");
+    }
   };
 }
 

@@ -8,8 +8,8 @@
 // principal as the actor and "job:<task>:<run id>" as the request id.
 //
 // A session-level advisory lock on (task, organization) keeps two runs of the same task for the same
-// organization from overlapping; a run that finds the lock taken fails with TenantJobBusyError and is
-// retried by graphile-worker.
+// organization from overlapping; a run that finds the lock taken throws TenantJobBusyError without
+// recording anything (the worker task re-enqueues it: registry.ts).
 import type { Pool, PoolClient } from "pg";
 import type { Logger } from "pino";
 
