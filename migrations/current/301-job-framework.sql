@@ -106,27 +106,21 @@ create policy no_access on crm_private.tenant_job_schedule using (false);
 -- (hourly), today's or yesterday's `local_hour`:00 (daily), or the latest `iso_weekday` at
 -- `local_hour`:00 (weekly). Computed on local wall-clock time, then turned back into an instant, so
 -- daylight-saving changes move the instant, not the local hour. A local time skipped by a DST change
--- resolves to the next valid one.
+-- resolves to the next valid one. One expression without SET options, so the planner inlines it into
+-- the fan-out's statement (it only calls pg_catalog functions).
 create or replace function crm_private.schedule_slot(kind text, as_of timestamptz, tz text, local_hour int, iso_weekday int)
   returns timestamptz
   language sql stable parallel safe
-  set search_path = pg_catalog, pg_temp
 as $$
   select case kind
-    when 'hourly' then date_trunc('hour', l.local) at time zone tz
+    when 'hourly' then date_trunc('hour', as_of at time zone tz) at time zone tz
     when 'daily' then
-      (case when l.day + make_interval(hours => local_hour) > l.local
-            then l.day + make_interval(hours => local_hour) - interval '1 day'
-            else l.day + make_interval(hours => local_hour) end) at time zone tz
+      (date_trunc('day', (as_of at time zone tz) - make_interval(hours => local_hour)) + make_interval(hours => local_hour)) at time zone tz
     when 'weekly' then
-      (case when l.week_day + make_interval(hours => local_hour) > l.local
-            then l.week_day + make_interval(hours => local_hour) - interval '7 days'
-            else l.week_day + make_interval(hours => local_hour) end) at time zone tz
+      (date_trunc('day', (as_of at time zone tz) - make_interval(hours => local_hour))
+         - make_interval(days => (extract(isodow from (as_of at time zone tz) - make_interval(hours => local_hour))::int - iso_weekday + 7) % 7)
+         + make_interval(hours => local_hour)) at time zone tz
   end
-  from (select as_of at time zone tz as local,
-               date_trunc('day', as_of at time zone tz) as day,
-               date_trunc('day', as_of at time zone tz)
-                 - make_interval(days => ((extract(isodow from as_of at time zone tz)::int - iso_weekday + 7) % 7)) as week_day) l
 $$;
 
 -- Enqueues one tenant job. The job key makes a second request while one is queued replace it (never
@@ -151,8 +145,10 @@ as $$
 $$;
 
 -- The fan-out: for every scheduled task × organization whose latest slot (in the organization's time
--- zone and hours) has not been enqueued yet, record the slot and enqueue one job. One statement for
--- all organizations. `tasks` is the registry's schedule: [{"identifier", "schedule", "max_attempts"}].
+-- zone and hours) has not been enqueued yet, record the slot and enqueue one job — one statement for
+-- all organizations, the jobs added in one graphile_worker.add_jobs batch (same job keys and payload
+-- as crm_private.enqueue_tenant_job). `tasks` is the registry's schedule:
+-- [{"identifier", "schedule", "max_attempts"}].
 create or replace function crm_private.fan_out_tenant_jobs(tasks jsonb, as_of timestamptz default now())
   returns table (task text, organization_id uuid, slot timestamptz)
   language sql volatile
@@ -182,11 +178,16 @@ as $$
       where s.last_slot < excluded.last_slot
     returning s.organization_id, s.task, s.last_slot
   ), queued as (
-    select c.task, c.organization_id, c.last_slot,
-           crm_private.enqueue_tenant_job(c.task, c.organization_id, jsonb_build_object('slot', c.last_slot), d.max_attempts) as done
-      from claimed c join due d on d.org = c.organization_id and d.identifier = c.task
+    select count(*) as n
+      from graphile_worker.add_jobs((
+        select array_agg(row(
+                 c.task,
+                 json_build_object('slot', c.last_slot, 'organizationId', c.organization_id),
+                 null, now(), d.max_attempts, 'tenant:' || c.task || ':' || c.organization_id::text, 0, null
+               )::graphile_worker.job_spec)
+          from claimed c join due d on d.org = c.organization_id and d.identifier = c.task))
   )
-  select q.task, q.organization_id, q.last_slot from queued q
+  select c.task, c.organization_id, c.last_slot from claimed c cross join queued q
 $$;
 
 -- Retention: finished runs older than the retention period go; a run still "running" long after any

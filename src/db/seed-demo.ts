@@ -974,7 +974,7 @@ function staffName(i: number, role: "manager" | "rep"): readonly [string, string
   return [FIRST_NAMES[k % FIRST_NAMES.length]!, LAST_NAMES[(k + Math.floor(k / FIRST_NAMES.length)) % LAST_NAMES.length]!];
 }
 
-/** Adds the volume's managers and representatives (users without a password) and returns every active member. */
+/** Three recurring tasks with fixed titles, placed around `now`: weekly, fortnightly, and monthly from a month end. */
 function recurringTaskRows(orgId: string, assignee: string, now: number): Row[] {
   const today = new Date(now);
   const at = (y: number, m: number, d: number, h: number) => new Date(Date.UTC(y, m, d, h)).toISOString();
@@ -1013,6 +1013,7 @@ function recurringTaskRows(orgId: string, assignee: string, now: number): Row[] 
   ];
 }
 
+/** Adds the volume's managers and representatives (users without a password) and returns every active member. */
 async function ensureStaff(client: pg.ClientBase, orgId: string, slug: string, vol: SeedVolume): Promise<Member[]> {
   const prefix = slug.slice(0, 40);
   const staff: Row[] = [];
