@@ -13,7 +13,7 @@ const logger = createLogger(config.logLevel);
 process.env.GRAPHILE_ENV ??= "production";
 const { resolveConnections } = await import("../service.ts");
 const connections = await resolveConnections(config, logger);
-const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: connections.ownerUrl };
+const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: connections.ownerUrl, CAIRN_NODE: process.execPath };
 if (connections.embedded) {
   env.ROOT_DATABASE_URL = connections.embedded.superuserUrl("postgres");
   env.SHADOW_DATABASE_URL = withDatabase(connections.ownerUrl, `${config.embedded.databaseName}_shadow`);

@@ -178,9 +178,19 @@ describe("token → pgSettings hook", () => {
 describe("shutdown", () => {
   test("SIGTERM lets an in-flight request finish, then exits cleanly", async () => {
     const own = await startServer(db);
+    // Hold the request inside the database (behind a table lock) so it is surely in flight when the
+    // signal arrives, however busy the machine is.
+    const lock = await db.owner.connect();
+    await lock.query("begin");
+    await lock.query("lock table crm.organizations in access exclusive mode");
     const inFlight = own.gql("{ __typename organizations { totalCount } }");
-    await new Promise((r) => setTimeout(r, 20));
+    const waiting = async () =>
+      (await db.owner.query("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rowCount;
+    for (let i = 0; i < 400 && !(await waiting()); i++) await new Promise((r) => setTimeout(r, 25));
     const exit = own.stop("SIGTERM");
+    await new Promise((r) => setTimeout(r, 200));
+    await lock.query("commit");
+    lock.release();
     expect((await inFlight).status).toBe(200);
     expect(await exit).toBe(0);
     expect(own.logs.some((l) => l.msg === "shutdown complete")).toBe(true);
