@@ -1,5 +1,5 @@
 // Configuration: every environment variable the service reads is parsed here, and only here.
-// README.md ("Configuration") lists them; keep the two in step.
+// docs/configuration.md lists them; test/foundation/docs.test.ts keeps the two in step.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -62,6 +62,11 @@ export interface Config {
   demo: boolean;
   /** Front-end base URL used in email links. */
   publicAppUrl: string;
+  // Processes and developer conveniences (platform).
+  /** HTTP processes behind one port (node:cluster); 1 = this process serves HTTP itself. */
+  apiProcesses: number;
+  /** GraphiQL opens signed in as demo-admin (development with the demo organization only). */
+  graphiqlDemoSignIn: boolean;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -197,5 +202,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     demo: bool(env, "DEMO_DATA", !isProduction && !databaseUrl),
     publicAppUrl: (env.PUBLIC_APP_URL || "http://localhost:3000").replace(/\/+$/, ""),
+    apiProcesses: int(env, "API_PROCESSES", 1, 1, 64),
+    graphiqlDemoSignIn: bool(env, "GRAPHIQL_DEMO_SIGN_IN", true),
   };
 }
