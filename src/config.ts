@@ -67,6 +67,8 @@ export interface Config {
   apiProcesses: number;
   /** GraphiQL opens signed in as demo-admin (development with the demo organization only). */
   graphiqlDemoSignIn: boolean;
+  /** PostGraphile's named prepared statements; off behind PgBouncer < 1.21 in transaction mode. */
+  pgPreparedStatements: boolean;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -96,6 +98,11 @@ function list(raw: string | undefined): string[] {
 
 export class ConfigError extends Error {
   override name = "ConfigError";
+}
+
+/** A start-up failure the operator fixes with a setting: `npm start` prints the message alone. */
+export class StartupError extends Error {
+  override name = "StartupError";
 }
 
 const DEFAULT_ROLE_MAP: Record<string, string> = {
@@ -204,5 +211,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     publicAppUrl: (env.PUBLIC_APP_URL || "http://localhost:3000").replace(/\/+$/, ""),
     apiProcesses: int(env, "API_PROCESSES", 1, 1, 64),
     graphiqlDemoSignIn: bool(env, "GRAPHIQL_DEMO_SIGN_IN", true),
+    pgPreparedStatements: bool(env, "PG_PREPARED_STATEMENTS", true),
   };
 }

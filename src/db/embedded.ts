@@ -8,6 +8,8 @@ import path from "node:path";
 import crypto from "node:crypto";
 import os from "node:os";
 import { spawn, spawnSync } from "node:child_process";
+import net from "node:net";
+import { StartupError } from "../config.ts";
 
 const require = createRequire(import.meta.url);
 
@@ -137,8 +139,14 @@ export async function startEmbeddedPostgres(opts: {
   }
   const status = await run(binaries.pg_ctl, ["status", "-D", pgDir], user);
   if (status.code === 0) {
-    log(`reusing the PostgreSQL already running on ${pgDir}`);
-    return { port: opts.port, superuserUrl: urlFor(password, opts.port), stop: async () => undefined };
+    // Its port is the one it was started with (line 4 of postmaster.pid), whatever is configured now.
+    const pid = await fs.readFile(path.join(pgDir, "postmaster.pid"), "utf8").catch(() => "");
+    const port = Number(pid.split("\n")[3]) || opts.port;
+    log(`reusing the PostgreSQL already running on ${pgDir} (port ${port})`);
+    return { port, superuserUrl: urlFor(password, port), stop: async () => undefined };
+  }
+  if (!(await portFree(opts.port))) {
+    throw new StartupError(`EMBEDDED_PG_PORT ${opts.port} is already in use by another program: set EMBEDDED_PG_PORT to a free port.`);
   }
   const flags = [
     `-p ${opts.port}`,
@@ -172,6 +180,15 @@ export async function startEmbeddedPostgres(opts: {
       await run(binaries.pg_ctl, ["stop", "-D", pgDir, "-m", "fast", "-w", "-t", "60"], user);
     },
   };
+}
+
+/** Whether nothing listens on 127.0.0.1:port (PostgreSQL would fail later with a log-file message). */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.once("error", () => resolve(false));
+    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
+  });
 }
 
 function urlFor(password: string, port: number) {

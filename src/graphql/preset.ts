@@ -24,6 +24,8 @@ export interface PresetOptions {
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
   onInvalidDocument?: () => void;
+  /** Headers Ruru's headers pane starts with on each page load (the demo sign-in). */
+  graphiqlHeaders?: () => Promise<Record<string, string> | undefined>;
 }
 
 /** Operators offered by connection-filter: the cheap, index-friendly ones. */
@@ -92,10 +94,28 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
       },
     },
   };
+  // Ruru reads its props from the global RURU_CONFIG: a later script sets the headers pane.
+  const GraphiqlHeadersPlugin: GraphileConfig.Plugin = {
+    name: "CairnGraphiqlHeadersPlugin",
+    version: "1.0.0",
+    grafserv: {
+      middleware: {
+        async ruruHTML(next, event) {
+          const headers = await opts.graphiqlHeaders?.();
+          if (headers) {
+            const json = JSON.stringify(JSON.stringify(headers, null, 2)).replace(/</g, "\\u003c");
+            event.htmlParts.configScript += `\n<script>RURU_CONFIG.initialHeaders = ${json};</script>\n`;
+          }
+          return next();
+        },
+      },
+    },
+  };
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
     plugins: [
       OperationCountPlugin,
+      ...(opts.graphiqlHeaders ? [GraphiqlHeadersPlugin] : []),
       TenantKeyInflectionPlugin,
       makeAuthPlugin(
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
