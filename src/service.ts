@@ -16,6 +16,7 @@ import { migrationsCurrent } from "./db/migrations.ts";
 import { ensureDemoTenant, type DemoAccess } from "./db/demo.ts";
 import { seedDemoData } from "./db/seed-demo.ts";
 import { makeDemoSignIn } from "./auth/demo-sign-in.ts";
+import { withSessionCheck } from "./auth/request-settings.ts";
 
 export interface Connections {
   ownerUrl: string;
@@ -125,7 +126,10 @@ export async function startService(config: Config, logger: Logger, opts: StartOp
     cleanups.push(() => ownerPool.end());
     const authPool = new pg.Pool({ connectionString: connections.authUrl, max: config.pgPoolMax });
     authPool.on("error", (err) => logger.error({ err }, "authenticator pool error"));
-    authPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "authenticator connection error")));
+    authPool.on("connect", (client) => {
+      client.on("error", (err) => logger.warn({ err }, "authenticator connection error"));
+      withSessionCheck(client as pg.PoolClient);
+    });
     cleanups.push(() => authPool.end());
 
     const jwtSecret = await resolveJwtSecret(config);
