@@ -21,10 +21,15 @@ export function isSessionFailure(e: unknown): boolean {
 
 type Query = pg.PoolClient["query"];
 
+let statements = 0;
+/** Statements sent on the API's (authenticator) connections since start: cairn_pg_statements_total. */
+export const statementCount = () => statements;
+
 /** Wraps a client's query so that the settings statement of a signed-in request checks the session. */
 export function withSessionCheck(client: pg.PoolClient): void {
   const original = client.query.bind(client) as (...args: unknown[]) => unknown;
   client.query = function (this: unknown, ...args: unknown[]) {
+    statements++;
     const first = args[0] as { text?: string; values?: unknown[] } | undefined;
     if (first && typeof first === "object" && first.text === DATAPLAN_SET_CONFIG && String(first.values?.[0]).includes('"cairn.pending_claims"')) {
       const result = original({ ...first, text: BEGIN_REQUEST }, ...args.slice(1)) as Promise<unknown>;
