@@ -1,5 +1,5 @@
 // Configuration: every environment variable the service reads is parsed here, and only here.
-// README.md ("Configuration") lists them; keep the two in step.
+// docs/configuration.md lists them; test/foundation/docs.test.ts keeps the two in step.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -66,6 +66,13 @@ export interface Config {
     /** crm.job_runs older than this are removed by maintenance:prune. */
     runsRetentionDays: number;
   };
+  // Processes and developer conveniences (platform).
+  /** HTTP processes behind one port (node:cluster); 1 = this process serves HTTP itself. */
+  apiProcesses: number;
+  /** GraphiQL opens signed in as demo-admin (development with the demo organization only). */
+  graphiqlDemoSignIn: boolean;
+  /** PostGraphile's named prepared statements; off behind PgBouncer < 1.21 in transaction mode. */
+  pgPreparedStatements: boolean;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -95,6 +102,11 @@ function list(raw: string | undefined): string[] {
 
 export class ConfigError extends Error {
   override name = "ConfigError";
+}
+
+/** A start-up failure the operator fixes with a setting: `npm start` prints the message alone. */
+export class StartupError extends Error {
+  override name = "StartupError";
 }
 
 const DEFAULT_ROLE_MAP: Record<string, string> = {
@@ -204,5 +216,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     jobs: {
       runsRetentionDays: int(env, "JOB_RUNS_RETENTION_DAYS", 90, 1, 3650),
     },
+    apiProcesses: int(env, "API_PROCESSES", 1, 1, 64),
+    graphiqlDemoSignIn: bool(env, "GRAPHIQL_DEMO_SIGN_IN", true),
+    pgPreparedStatements: bool(env, "PG_PREPARED_STATEMENTS", true),
   };
 }

@@ -15,6 +15,8 @@ import { makePrincipalResolver } from "./auth/principal.ts";
 import { migrationsCurrent } from "./db/migrations.ts";
 import { ensureDemoTenant, type DemoAccess } from "./db/demo.ts";
 import { seedDemoData } from "./db/seed-demo.ts";
+import { makeDemoSignIn } from "./auth/demo-sign-in.ts";
+import { withSessionCheck } from "./auth/request-settings.ts";
 
 export interface Connections {
   ownerUrl: string;
@@ -93,14 +95,20 @@ export async function resolveJwtSecret(config: Config): Promise<string> {
 }
 
 export interface Service {
-  app: App;
+  /** Absent in a cluster primary, which serves no HTTP itself. */
+  app?: App;
   demo?: DemoAccess;
-  address: { host: string; port: number };
+  address?: { host: string; port: number };
   connections: Connections;
   stop: (reason?: string) => Promise<void>;
 }
 
-export async function startService(config: Config, logger: Logger): Promise<Service> {
+export interface StartOptions {
+  /** false: database, migrations, demo organization and worker only (the cluster primary). */
+  http?: boolean;
+}
+
+export async function startService(config: Config, logger: Logger, opts: StartOptions = {}): Promise<Service> {
   const connections = await resolveConnections(config, logger);
   const cleanups: (() => Promise<unknown>)[] = [];
   const cleanup = async () => {
@@ -118,7 +126,10 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     cleanups.push(() => ownerPool.end());
     const authPool = new pg.Pool({ connectionString: connections.authUrl, max: config.pgPoolMax });
     authPool.on("error", (err) => logger.error({ err }, "authenticator pool error"));
-    authPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "authenticator connection error")));
+    authPool.on("connect", (client) => {
+      client.on("error", (err) => logger.warn({ err }, "authenticator connection error"));
+      withSessionCheck(client as pg.PoolClient);
+    });
     cleanups.push(() => authPool.end());
 
     const jwtSecret = await resolveJwtSecret(config);
@@ -145,6 +156,14 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       const r = runner;
       cleanups.push(() => r.stop());
     }
+    let stopping: Promise<void> | undefined;
+    const stop = (reason?: string) =>
+      (stopping ??= (async () => {
+        logger.info({ reason }, "shutting down");
+        await cleanup();
+        logger.info("shutdown complete");
+      })());
+    if (opts.http === false) return { demo, connections, stop };
     let workerAlive = !!runner;
     runner?.promise.then(
       () => (workerAlive = false),
@@ -172,26 +191,20 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
         );
         return Number(rows[0]?.n ?? 0);
       },
+      ...(demo && config.graphiql && config.graphiqlDemoSignIn ? demoSignIn(config, authPool, jwtSecret, demo) : {}),
     });
     const theApp = app;
     // The HTTP server closes first so in-flight requests finish, then the worker, pools, database.
     cleanups.push(() => theApp.close());
     const address = await app.listen();
-    let stopping: Promise<void> | undefined;
-    return {
-      app,
-      demo,
-      address,
-      connections,
-      stop: (reason) =>
-        (stopping ??= (async () => {
-          logger.info({ reason }, "shutting down");
-          await cleanup();
-          logger.info("shutdown complete");
-        })()),
-    };
+    return { app, demo, address, connections, stop };
   } catch (e) {
     await cleanup();
     throw e;
   }
+}
+
+function demoSignIn(config: Config, authPool: pg.Pool, jwtSecret: string, demo: DemoAccess) {
+  const admin = demo.accounts.find((a) => a.username === "demo-admin");
+  return admin ? { graphiqlHeaders: makeDemoSignIn(config, authPool, jwtSecret, admin) } : {};
 }

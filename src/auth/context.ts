@@ -1,5 +1,6 @@
 // Token verification → pgSettings. The database role is always chosen here (crm_anonymous without a
 // token, crm_user with a valid one); a `role` claim never reaches SET ROLE.
+import crypto from "node:crypto";
 import jwt from "jsonwebtoken";
 import type { Config } from "../config.ts";
 import { httpError } from "../http/errors.ts";
@@ -8,6 +9,8 @@ export interface Principal {
   userId: string;
   organizationId: string | null;
   sessionId: string | null;
+  /** The session is not checked yet: crm_private.begin_request checks it in the request's transaction. */
+  deferredSessionCheck?: boolean;
 }
 
 export interface TokenClaims {
@@ -39,10 +42,21 @@ export function isUuid(v: unknown): v is string {
   return typeof v === "string" && UUID.test(v);
 }
 
+const keys = new Map<string, crypto.KeyObject>();
+/**
+ * HS256 secrets as KeyObjects: given a string, jsonwebtoken first tries (and fails) to read it as a
+ * PEM key on every call.
+ */
+export function secretKey(secret: string): crypto.KeyObject {
+  let key = keys.get(secret);
+  if (!key) keys.set(secret, (key = crypto.createSecretKey(Buffer.from(secret, "utf8"))));
+  return key;
+}
+
 export function verifyToken(config: Config, jwtSecret: string, token: string): { source: TokenSource; claims: TokenClaims } {
   let ownError: unknown;
   try {
-    const claims = jwt.verify(token, jwtSecret, {
+    const claims = jwt.verify(token, secretKey(jwtSecret), {
       algorithms: ["HS256"],
       issuer: config.jwt.issuer,
       audience: config.jwt.audience,
@@ -54,7 +68,7 @@ export function verifyToken(config: Config, jwtSecret: string, token: string): {
   const ext = config.externalJwt;
   if (ext.secret && !(ownError instanceof jwt.TokenExpiredError)) {
     try {
-      const claims = jwt.verify(token, ext.secret, {
+      const claims = jwt.verify(token, secretKey(ext.secret), {
         algorithms: ["HS256"],
         clockTolerance: 30,
         ...(ext.issuer ? { issuer: ext.issuer } : {}),
@@ -116,6 +130,11 @@ export async function pgSettingsFor(
   }
   const principal = await resolve(verified.source, verified.claims);
   if (!principal) throw httpError(401, "UNAUTHENTICATED", "The session is no longer valid; sign in again.");
+  if (principal.deferredSessionCheck) {
+    // Fail-closed: role and claims are set by crm_private.begin_request once the session checks out.
+    settings["cairn.pending_claims"] = JSON.stringify({ sub: principal.userId, org: principal.organizationId, sid: principal.sessionId });
+    return settings;
+  }
   settings.role = "crm_user";
   settings["jwt.claims.sub"] = principal.userId;
   if (principal.organizationId) settings["jwt.claims.org"] = principal.organizationId;

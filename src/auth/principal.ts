@@ -1,5 +1,5 @@
 // Maps verified token claims to the principal the database sees. Every request re-checks the session
-// (so logout, password reset and deactivation take effect at once) or, for the external issuer,
+// (so logout, password reset and deactivation take effect at once), inside its own transaction or, for the external issuer,
 // provisions the user and membership on first use and keeps the mapped role in step.
 import type { Pool } from "pg";
 import type { Config } from "../config.ts";
@@ -11,12 +11,8 @@ export function makePrincipalResolver(config: Config, authPool: Pool): Principal
       if (!isUuid(claims.sub) || !isUuid(claims.sid)) return null;
       const org = claims.org === undefined || claims.org === null ? null : claims.org;
       if (org !== null && !isUuid(org)) return null;
-      const { rows } = await authPool.query<{ user_id: string; organization_id: string | null }>(
-        "select user_id, organization_id from crm_private.session_principal($1, $2, $3)",
-        [claims.sid, claims.sub, org],
-      );
-      const row = rows[0];
-      return row ? { userId: row.user_id, organizationId: row.organization_id, sessionId: claims.sid } : null;
+      // The session is checked inside the request's transaction (src/auth/request-settings.ts).
+      return { userId: claims.sub, organizationId: org, sessionId: claims.sid, deferredSessionCheck: true };
     }
     const ext = config.externalJwt;
     const subject = claims.sub ?? claims.user_id;

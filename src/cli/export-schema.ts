@@ -1,5 +1,7 @@
-// npm run schema:export [-- --check] [-- --with-current]: writes (or checks) the sorted SDL of the
-// GraphQL schema in schema.graphql and the default permission matrix in README.md. It introspects a
+// npm run schema:export [-- --check] [-- --with-current]: writes (or checks) what is generated from
+// the database and the code: the sorted SDL of the GraphQL schema in schema.graphql, the default
+// permission matrix in docs/permissions.md, the SQLSTATE tables in docs/errors.md and the readable
+// schema in docs/schema/. It introspects a
 // scratch database migrated from nothing, so the output depends only on the committed migrations
 // (plus migrations/current/ with --with-current, while a change is being written): the embedded
 // server, or the server of ROOT_DATABASE_URL (a superuser).
@@ -11,7 +13,10 @@ import { loadConfigOrExit, ROOT_DIR } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../db/bootstrap.ts";
 import { startEmbeddedPostgres } from "../db/embedded.ts";
-import { permissionMatrixMarkdown, withMatrix } from "../db/permission-matrix.ts";
+import { permissionMatrixMarkdown, withMatrix, PERMISSIONS_DOC } from "../db/permission-matrix.ts";
+import { schemaDocs, SCHEMA_DOCS_DIR } from "../docs/schema-docs.ts";
+import { withBlock } from "../docs/blocks.ts";
+import { appSqlstatesMarkdown, standardSqlstatesMarkdown, ERRORS_DOC } from "../docs/errors-doc.ts";
 
 process.env.GRAPHILE_ENV ??= "production";
 const { sdlFromDatabase } = await import("../graphql/sdl.ts");
@@ -26,6 +31,7 @@ const rootUrl = process.env.ROOT_DATABASE_URL ?? embedded!.superuserUrl();
 const scratch = "cairn_schema_export";
 let sdl: string;
 let matrix: string;
+let schemaPages: Map<string, string>;
 try {
   // As the roles themselves: on the embedded server with their development passwords; on another
   // server as the superuser switching role (their passwords there are left alone).
@@ -55,6 +61,7 @@ try {
   const owner = new pg.Client({ connectionString: asRole(dbUrl, "crm_owner") });
   await owner.connect();
   matrix = await permissionMatrixMarkdown(owner);
+  schemaPages = await schemaDocs(owner);
   await owner.end();
   const cleanup = new pg.Client({ connectionString: rootUrl });
   await cleanup.connect();
@@ -63,25 +70,36 @@ try {
 } finally {
   await embedded?.stop();
 }
-const file = path.join(ROOT_DIR, "schema.graphql");
-const readmeFile = path.join(ROOT_DIR, "README.md");
-const readme = await fs.readFile(readmeFile, "utf8");
-const newReadme = withMatrix(readme, matrix);
+// Every generated file with its expected content; files in docs/schema/ that are not generated any
+// more are stale too.
+const expected = new Map<string, string>();
+expected.set(path.join(ROOT_DIR, "schema.graphql"), sdl);
+expected.set(PERMISSIONS_DOC, withMatrix(await fs.readFile(PERMISSIONS_DOC, "utf8"), matrix));
+let errorsDoc = await fs.readFile(ERRORS_DOC, "utf8");
+errorsDoc = withBlock(errorsDoc, "app-sqlstates", appSqlstatesMarkdown(), ERRORS_DOC);
+errorsDoc = withBlock(errorsDoc, "standard-sqlstates", standardSqlstatesMarkdown(), ERRORS_DOC);
+expected.set(ERRORS_DOC, errorsDoc);
+for (const [name, text] of schemaPages) expected.set(path.join(SCHEMA_DOCS_DIR, name), text);
+const leftovers = (await fs.readdir(SCHEMA_DOCS_DIR).catch(() => [] as string[]))
+  .filter((f) => f.endsWith(".md") && !schemaPages.has(f))
+  .map((f) => path.join(SCHEMA_DOCS_DIR, f));
+const stale: string[] = [];
+for (const [file, text] of expected) {
+  if ((await fs.readFile(file, "utf8").catch(() => null)) !== text) stale.push(file);
+}
+stale.push(...leftovers);
+const rel = (f: string) => path.relative(ROOT_DIR, f);
 if (check) {
-  const current = await fs.readFile(file, "utf8").catch(() => "");
-  let stale = false;
-  if (current !== sdl) {
-    process.stderr.write("schema.graphql is stale: run npm run schema:export and commit it\n");
-    stale = true;
+  if (stale.length) {
+    process.stderr.write(`stale (run npm run schema:export and commit): ${stale.map(rel).join(", ")}\n`);
+    process.exit(1);
   }
-  if (readme !== newReadme) {
-    process.stderr.write("README.md's permission matrix is stale: run npm run schema:export and commit it\n");
-    stale = true;
-  }
-  if (stale) process.exit(1);
-  process.stdout.write("schema.graphql and the README permission matrix are up to date\n");
+  process.stdout.write("schema.graphql, docs/permissions.md, docs/errors.md and docs/schema/ are up to date\n");
 } else {
-  await fs.writeFile(file, sdl);
-  await fs.writeFile(readmeFile, newReadme);
-  process.stdout.write(`wrote ${file} and the permission matrix in ${readmeFile}\n`);
+  await fs.mkdir(SCHEMA_DOCS_DIR, { recursive: true });
+  for (const file of stale) {
+    if (leftovers.includes(file)) await fs.rm(file);
+    else await fs.writeFile(file, expected.get(file)!);
+  }
+  process.stdout.write(stale.length ? `wrote ${stale.map(rel).join(", ")}\n` : "everything was up to date\n");
 }

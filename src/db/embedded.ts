@@ -8,6 +8,8 @@ import path from "node:path";
 import crypto from "node:crypto";
 import os from "node:os";
 import { spawn, spawnSync } from "node:child_process";
+import net from "node:net";
+import { StartupError } from "../config.ts";
 
 const require = createRequire(import.meta.url);
 
@@ -110,7 +112,11 @@ export async function startEmbeddedPostgres(opts: {
   const pgDir = path.join(dataDir, "pg");
   await fs.mkdir(dataDir, { recursive: true, mode: 0o755 });
   const user = await osUser();
-  if (user.uid !== undefined) await fs.chmod(dataDir, 0o755).catch(() => undefined);
+  const log = opts.log ?? (() => undefined);
+  if (user.uid !== undefined) {
+    await fs.chmod(dataDir, 0o755).catch(() => undefined);
+    await grantPassage([dataDir, path.dirname(binaries.pg_ctl)], user, log);
+  }
   const pwFile = path.join(dataDir, "superuser-password");
   let password: string;
   if (await exists(pwFile)) {
@@ -119,7 +125,6 @@ export async function startEmbeddedPostgres(opts: {
     password = crypto.randomBytes(18).toString("base64url");
     await fs.writeFile(pwFile, password + "\n", { mode: 0o600 });
   }
-  const log = opts.log ?? (() => undefined);
   if (!(await exists(path.join(pgDir, "PG_VERSION")))) {
     const pg = new EmbeddedPostgres({
       databaseDir: pgDir,
@@ -137,8 +142,14 @@ export async function startEmbeddedPostgres(opts: {
   }
   const status = await run(binaries.pg_ctl, ["status", "-D", pgDir], user);
   if (status.code === 0) {
-    log(`reusing the PostgreSQL already running on ${pgDir}`);
-    return { port: opts.port, superuserUrl: urlFor(password, opts.port), stop: async () => undefined };
+    // Its port is the one it was started with (line 4 of postmaster.pid), whatever is configured now.
+    const pid = await fs.readFile(path.join(pgDir, "postmaster.pid"), "utf8").catch(() => "");
+    const port = Number(pid.split("\n")[3]) || opts.port;
+    log(`reusing the PostgreSQL already running on ${pgDir} (port ${port})`);
+    return { port, superuserUrl: urlFor(password, port), stop: async () => undefined };
+  }
+  if (!(await portFree(opts.port))) {
+    throw new StartupError(`EMBEDDED_PG_PORT ${opts.port} is already in use by another program: set EMBEDDED_PG_PORT to a free port.`);
   }
   const flags = [
     `-p ${opts.port}`,
@@ -172,6 +183,38 @@ export async function startEmbeddedPostgres(opts: {
       await run(binaries.pg_ctl, ["stop", "-D", pgDir, "-m", "fast", "-w", "-t", "60"], user);
     },
   };
+}
+
+/**
+ * As root, PostgreSQL runs as the postgres OS user, who must be able to pass through every folder
+ * above its data and binaries (a checkout inside `mktemp -d` sits in a mode-700 folder). Adds only
+ * the execute (search) bit for others where it is missing, and says so.
+ */
+async function grantPassage(targets: string[], user: { uid?: number; gid?: number }, log: (line: string) => void): Promise<void> {
+  const dirs = new Set<string>();
+  for (const target of targets) {
+    for (let d = path.resolve(target); ; d = path.dirname(d)) {
+      dirs.add(d);
+      if (path.dirname(d) === d) break;
+    }
+  }
+  for (const dir of [...dirs].sort()) {
+    const st = await fs.stat(dir).catch(() => null);
+    if (!st?.isDirectory()) continue;
+    const passable = st.mode & 0o001 || (st.uid === user.uid && st.mode & 0o100) || (st.gid === user.gid && st.mode & 0o010);
+    if (passable) continue;
+    await fs.chmod(dir, (st.mode & 0o7777) | 0o001);
+    log(`let the postgres OS user pass through ${dir} (added o+x)`);
+  }
+}
+
+/** Whether nothing listens on 127.0.0.1:port (PostgreSQL would fail later with a log-file message). */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.once("error", () => resolve(false));
+    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
+  });
 }
 
 function urlFor(password: string, port: number) {

@@ -10,6 +10,8 @@ import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
 import { makePaginationPlugin } from "./plugins/pagination.ts";
 import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
+import { invalidSessions } from "../auth/request-settings.ts";
+import { requestScope } from "../logger.ts";
 
 export interface PresetOptions {
   authPool: Pool;
@@ -24,6 +26,8 @@ export interface PresetOptions {
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
   onInvalidDocument?: () => void;
+  /** Headers Ruru's headers pane starts with on each page load (the demo sign-in). */
+  graphiqlHeaders?: () => Promise<Record<string, string> | undefined>;
 }
 
 /** Operators offered by connection-filter: the cheap, index-friendly ones. */
@@ -92,10 +96,52 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
       },
     },
   };
+  // Ruru reads its props from the global RURU_CONFIG: a later script sets the headers pane.
+  const GraphiqlHeadersPlugin: GraphileConfig.Plugin = {
+    name: "CairnGraphiqlHeadersPlugin",
+    version: "1.0.0",
+    grafserv: {
+      middleware: {
+        async ruruHTML(next, event) {
+          const headers = await opts.graphiqlHeaders?.();
+          if (headers) {
+            const json = JSON.stringify(JSON.stringify(headers, null, 2)).replace(/</g, "\\u003c");
+            event.htmlParts.configScript += `\n<script>RURU_CONFIG.initialHeaders = ${json};</script>\n`;
+          }
+          return next();
+        },
+      },
+    },
+  };
+  // A session that failed its check inside the request's transaction (src/auth/request-settings.ts)
+  // answers HTTP 401 like one refused before GraphQL runs.
+  const SessionCheckPlugin: GraphileConfig.Plugin = {
+    name: "CairnSessionCheckPlugin",
+    version: "1.0.0",
+    grafserv: {
+      middleware: {
+        async processRequest(next) {
+          const result = await next();
+          const scope = requestScope.getStore();
+          if (!result || !scope || !invalidSessions.has(scope)) return result;
+          const headers = Object.fromEntries(Object.entries(result.headers).filter(([k]) => k.toLowerCase() !== "content-length"));
+          const json = { errors: [{ message: "The session is no longer valid; sign in again.", extensions: { code: "UNAUTHENTICATED" } }] };
+          return {
+            type: "json",
+            statusCode: 401,
+            headers: { ...headers, "content-type": "application/json; charset=utf-8", "www-authenticate": 'Bearer realm="cairn"' },
+            json,
+          };
+        },
+      },
+    },
+  };
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
     plugins: [
+      SessionCheckPlugin,
       OperationCountPlugin,
+      ...(opts.graphiqlHeaders ? [GraphiqlHeadersPlugin] : []),
       TenantKeyInflectionPlugin,
       makeAuthPlugin(
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },

@@ -8,7 +8,7 @@ import cors from "cors";
 import type { Pool } from "pg";
 import { postgraphile, type PostGraphileInstance } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
-import type { Config } from "../config.ts";
+import { StartupError, type Config } from "../config.ts";
 import { requestScope, type Logger } from "../logger.ts";
 import { makePreset } from "../graphql/preset.ts";
 import { authPluginOptions } from "../graphql/plugins/auth.ts";
@@ -30,6 +30,8 @@ export interface AppDeps {
   resolvePrincipal: PrincipalResolver;
   readiness: ReadinessCheck[];
   queueDepth: () => Promise<number | null>;
+  /** Headers GraphiQL starts with (the demo sign-in in development). */
+  graphiqlHeaders?: () => Promise<Record<string, string> | undefined>;
 }
 
 export interface App {
@@ -162,6 +164,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     maskError,
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
     onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),
+    ...(config.graphiql && deps.graphiqlHeaders ? { graphiqlHeaders: deps.graphiqlHeaders } : {}),
     async context(requestContext) {
       const req = requestContext.expressv4?.req as Request | undefined;
       if (req?.pgSettings) return { pgSettings: req.pgSettings };
@@ -200,7 +203,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
     pgl,
     listen: () =>
       new Promise((resolve, reject) => {
-        server.once("error", reject);
+        server.once("error", (err: NodeJS.ErrnoException) => {
+          if (err.code === "EADDRINUSE") reject(new StartupError(`PORT ${config.port} is already in use: set PORT to a free port (PORT=0 picks one).`));
+          else if (err.code === "EADDRNOTAVAIL") reject(new StartupError(`HOST ${config.host} is not an address of this machine: set HOST (127.0.0.1, or 0.0.0.0 for every interface).`));
+          else if (err.code === "EACCES") reject(new StartupError(`PORT ${config.port} needs privileges this process lacks: set PORT to 1024 or above.`));
+          else reject(err);
+        });
         server.listen(config.port, config.host, () => {
           const addr = server.address();
           resolve({ host: config.host, port: typeof addr === "object" && addr ? addr.port : config.port });

@@ -1,6 +1,7 @@
 // Error masking: every error a caller can cause leaves with a stable `extensions.code` (and the field
 // at fault where there is one); anything else is masked as INTERNAL with an error id that is logged.
-// The SQLSTATE table below is documented in README.md ("Errors"); keep them in step.
+// The SQLSTATE tables below are rendered into docs/errors.md by npm run schema:export (name the
+// condition in a comment beside each standard SQLSTATE: the generator reads it).
 import crypto from "node:crypto";
 import { GraphQLError } from "postgraphile/graphql";
 import { SafeError } from "postgraphile/grafast";

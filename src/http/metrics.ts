@@ -1,5 +1,6 @@
 // Prometheus metrics (GET /metrics).
 import client from "prom-client";
+import { statementCount } from "../auth/request-settings.ts";
 import type { Pool } from "pg";
 
 export class Metrics {
@@ -22,6 +23,16 @@ export class Metrics {
     help: "GraphQL operations by type (query, mutation, subscription)",
     labelNames: ["type"] as const,
     registers: [this.registry],
+  });
+  // Statements per request = this ÷ cairn_http_requests_total{route="/graphql"} (npm run bench uses it).
+  readonly pgStatements = new client.Counter({
+    name: "cairn_pg_statements_total",
+    help: "SQL statements sent on the API's authenticator connections (begin, settings, queries, commit)",
+    registers: [this.registry],
+    collect() {
+      this.reset();
+      this.inc(statementCount());
+    },
   });
   readonly graphqlErrors = new client.Counter({
     name: "cairn_graphql_errors_total",

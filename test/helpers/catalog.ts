@@ -229,11 +229,12 @@ export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
     const r = await rows<{ role: string }>(db, `
       select r as role from unnest(array['crm_user', 'crm_anonymous']) r where has_schema_privilege(r, 'crm_private', 'usage')
       union all
-      -- The authenticator may use crm_private only to check sessions and provision external users.
+      -- The authenticator may use crm_private only to check sessions (begin_request does it inside the
+      -- request's transaction) and provision external users.
       select 'crm_authenticator can execute ' || p.oid::regprocedure::text
         from pg_proc p join pg_namespace n on n.oid = p.pronamespace
        where n.nspname = 'crm_private' and has_function_privilege('crm_authenticator', p.oid, 'execute')
-         and p.proname not in ('session_principal', 'external_principal')`);
+         and p.proname not in ('session_principal', 'external_principal', 'begin_request')`);
     return r.map((x) => `${x.role} has USAGE on crm_private`);
   },
 };

@@ -28,6 +28,20 @@ export interface TestServer {
   process: ChildProcess;
 }
 
+/**
+ * The API's connection string: with TEST_PGBOUNCER_URL (CI's PgBouncer in transaction mode in front
+ * of the test server), the same user, password and database through PgBouncer's host and port.
+ */
+function apiConnection(authUrl: string): string {
+  const bouncer = process.env.TEST_PGBOUNCER_URL;
+  if (!bouncer) return authUrl;
+  const u = new URL(authUrl);
+  const b = new URL(bouncer);
+  u.hostname = b.hostname;
+  u.port = b.port;
+  return u.toString();
+}
+
 export async function startServer(db: TestDb, env: Record<string, string> = {}): Promise<TestServer> {
   const child = spawn(
     process.execPath,
@@ -42,7 +56,9 @@ export async function startServer(db: TestDb, env: Record<string, string> = {}):
         HOST: "127.0.0.1",
         PORT: "0",
         DATABASE_URL: db.ownerUrl,
-        AUTH_DATABASE_URL: db.authUrl,
+        AUTH_DATABASE_URL: apiConnection(db.authUrl),
+        // PgBouncer 1.18 (Debian 12) cannot carry named prepared statements in transaction mode.
+        ...(process.env.TEST_PGBOUNCER_URL ? { PG_PREPARED_STATEMENTS: "false" } : {}),
         JWT_SECRET: TEST_JWT_SECRET,
         WORKER: "off",
         MIGRATE_ON_START: "false",

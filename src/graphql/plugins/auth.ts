@@ -7,6 +7,7 @@ import { extendSchema, gql } from "postgraphile/utils";
 import { constant, lambda, SafeError, type Step } from "postgraphile/grafast";
 import { sideEffectWithPgClientTransaction } from "postgraphile/@dataplan/pg";
 import type { Config } from "../../config.ts";
+import { secretKey } from "../../auth/context.ts";
 
 export interface AuthPluginOptions {
   jwtSecret: string;
@@ -46,7 +47,7 @@ export function signAccessToken(opts: AuthPluginOptions, s: SqlSession) {
   const claims: Record<string, unknown> = { sub: s.user_id, sid: s.session_id, iat: now, exp };
   if (s.organization_id) claims.org = s.organization_id;
   if (s.role) claims.role = s.role;
-  const accessToken = jwt.sign(claims, opts.jwtSecret, { algorithm: "HS256", issuer: opts.issuer, audience: opts.audience });
+  const accessToken = jwt.sign(claims, secretKey(opts.jwtSecret), { algorithm: "HS256", issuer: opts.issuer, audience: opts.audience });
   return {
     accessToken,
     accessTokenExpiresAt: new Date(exp * 1000).toISOString(),
