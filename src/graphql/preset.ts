@@ -10,6 +10,7 @@ import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
 import { makePaginationPlugin } from "./plugins/pagination.ts";
 import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
+import { makeRealtimePlugins, type RealtimePluginOptions } from "./plugins/realtime.ts";
 
 export interface PresetOptions {
   authPool: Pool;
@@ -24,6 +25,8 @@ export interface PresetOptions {
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
   onInvalidDocument?: () => void;
+  /** Subscriptions (limits) and the webhook settings SQL sees; defaults for schema export. */
+  realtime?: RealtimePluginOptions;
 }
 
 /** Operators offered by connection-filter: the cheap, index-friendly ones. */
@@ -101,6 +104,7 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
       ),
       makePaginationPlugin(opts.pageSizeMax ?? 100),
+      ...makeRealtimePlugins(opts.realtime),
     ],
     pgServices: [
       makePgService({

@@ -15,6 +15,7 @@ import { authPluginOptions } from "../graphql/plugins/auth.ts";
 import { makeMaskError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
+import { mountIntegrationRoutes } from "./integrations.ts";
 
 export interface ReadinessCheck {
   name: string;
@@ -162,6 +163,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     maskError,
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
     onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),
+    realtime: { ...config.realtime, onError: (err, message) => logger.warn({ err }, message) },
     async context(requestContext) {
       const req = requestContext.expressv4?.req as Request | undefined;
       if (req?.pgSettings) return { pgSettings: req.pgSettings };
@@ -188,6 +190,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   server.requestTimeout = 60_000;
   server.headersTimeout = 30_000;
   await serv.addTo(app, server);
+  mountIntegrationRoutes(app, { config, logger, authPool: deps.authPool, ownerPool: deps.ownerPool, jwtSecret: deps.jwtSecret, resolvePrincipal: deps.resolvePrincipal, pgl });
 
   app.use((_req, res) => {
     res.status(404).json({ errors: [{ message: "Not found", extensions: { code: "NOT_FOUND" } }] });

@@ -3,13 +3,31 @@ import type { TaskList } from "graphile-worker";
 import type { TaskContext } from "../types.ts";
 import { makeMaintenancePrune } from "./maintenance-prune.ts";
 import { makeEmailSend } from "./email-send.ts";
+import { makeWebhooksDeliver } from "./webhooks-deliver.ts";
+import { makeImportsRun } from "./imports-run.ts";
+import { makeIntegrationsPrune, makeNotificationsDigest, makeNotificationsEmail, makeNotificationsScan } from "./notifications.ts";
 
-export const TASK_IDENTIFIERS = ["maintenance:prune", "email:send"] as const;
+export const TASK_IDENTIFIERS = [
+  "maintenance:prune",
+  "email:send",
+  "notifications:email",
+  "notifications:scan",
+  "notifications:digest",
+  "webhooks:deliver",
+  "imports:run",
+  "integrations:prune",
+] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
 export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier, TaskList[string]> {
   return {
     "maintenance:prune": makeMaintenancePrune(ctx),
     "email:send": makeEmailSend(ctx),
+    "notifications:email": makeNotificationsEmail(ctx),
+    "notifications:scan": makeNotificationsScan(ctx),
+    "notifications:digest": makeNotificationsDigest(ctx),
+    "webhooks:deliver": makeWebhooksDeliver(ctx),
+    "imports:run": makeImportsRun(ctx),
+    "integrations:prune": makeIntegrationsPrune(ctx),
   };
 }
