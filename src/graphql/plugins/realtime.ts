@@ -124,7 +124,10 @@ async function visibleChange(
   const owners = e.op === "BULK" ? (e.owners ?? []) : [e.was ?? e.owner].filter((x): x is string => !!x);
   const creators = e.op === "BULK" ? (e.owners ?? []) : [e.creator].filter((x): x is string => !!x);
   const { rows } = await withPgClient(settings, (client) =>
-    client.query<VisibilityRow>({ text: VISIBILITY_SQL[resource], values: [e.op === "BULK" ? null : (e.id ?? null), owners, creators] }),
+    client.query<VisibilityRow>({
+      text: VISIBILITY_SQL[resource],
+      values: [e.op === "BULK" ? null : (e.id ?? null), owners, ...(resource === "tasks" ? [creators] : [])],
+    }),
   );
   const v = rows[0];
   if (!v) return null;
