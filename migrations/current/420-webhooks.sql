@@ -179,6 +179,16 @@ declare
   allow_private boolean := crm_private.setting('webhooks.allow_private_networks', 'false')::boolean;
   allow_http boolean := crm_private.setting('webhooks.allow_http', 'false')::boolean;
 begin
+  if tg_op = 'UPDATE' and new.is_active and not old.is_active then
+    -- Re-enabled by an admin: a fresh start.
+    new.consecutive_failures := 0;
+    new.disabled_at := null;
+    new.disabled_reason := null;
+  end if;
+  -- The URL and event types are checked when they are set (the worker's own updates skip this).
+  if tg_op = 'UPDATE' and new.url is not distinct from old.url and new.event_types is not distinct from old.event_types then
+    return new;
+  end if;
   new.url := btrim(new.url);
   if new.url !~* '^https?://[^/?#@\s]+(/[^\s]*)?$' then
     raise exception 'The URL must be an http(s) URL without user name or password.' using errcode = 'CRVAL', column = 'url';
@@ -208,12 +218,6 @@ begin
   if unknown is not null then
     raise exception 'Unknown event types: %.', unknown using errcode = 'CRVAL', column = 'event_types',
       hint = 'See webhookEventTypes.';
-  end if;
-  if tg_op = 'UPDATE' and new.is_active and not old.is_active then
-    -- Re-enabled by an admin: a fresh start.
-    new.consecutive_failures := 0;
-    new.disabled_at := null;
-    new.disabled_reason := null;
   end if;
   return new;
 end
