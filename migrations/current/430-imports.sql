@@ -491,6 +491,16 @@ declare
   sets text;
   applied boolean := true;
 begin
+  -- The update's SET list (columns present in the file), built while still the owner.
+  select string_agg(case
+           when f.field = 'owner' then 'owner_id = coalesce(r.owner, c.owner_id)'
+           else format('%I = coalesce(r.%I, c.%I)', f.field, f.field, f.field) end, ', ')
+    into sets
+    from crm_private.import_fields('customers') f
+   where f.field = any (has_col) and f.field <> 'id';
+  if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
+    sets := concat_ws(', ', sets, 'custom_fields = c.custom_fields || coalesce(r.custom_fields, ''{}'')');
+  end if;
   perform set_config('role', 'crm_user', true);
   update pg_temp.import_rows r set existing_id = c.id from crm.customers c where r.id is not null and c.id = r.id;
   update pg_temp.import_rows r set error_column = 'id', error = 'No customer you can see has this id.'
@@ -547,15 +557,6 @@ begin
       raise exception using errcode = 'CRIMP', message = 'conflicts';
     end if;
     if 'update' = any (select action from pg_temp.import_rows) then
-      select string_agg(case
-               when f.field = 'owner' then 'owner_id = coalesce(r.owner, c.owner_id)'
-               else format('%I = coalesce(r.%I, c.%I)', f.field, f.field, f.field) end, ', ')
-        into sets
-        from crm_private.import_fields('customers') f
-       where f.field = any (has_col) and f.field <> 'id';
-      if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
-        sets := concat_ws(', ', sets, 'custom_fields = c.custom_fields || coalesce(r.custom_fields, ''{}'')');
-      end if;
       if sets is not null then
         execute format('update crm.customers c set %s from pg_temp.import_rows r
                          where r.action = ''update'' and r.error is null and c.id = r.existing_id', sets);
@@ -588,6 +589,13 @@ declare
   skipped int := 0;
   sets text;
 begin
+  select string_agg(format('%I = coalesce(r.%I, ct.%I)', f.field, f.field, f.field), ', ')
+    into sets
+    from crm_private.import_fields('contacts') f
+   where f.field = any (has_col) and f.field not in ('id', 'customer');
+  if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
+    sets := concat_ws(', ', sets, 'custom_fields = ct.custom_fields || coalesce(r.custom_fields, ''{}'')');
+  end if;
   perform set_config('role', 'crm_user', true);
   update pg_temp.import_rows r set existing_id = ct.id, customer_id = ct.customer_id
     from crm.contacts ct where r.id is not null and ct.id = r.id;
@@ -628,13 +636,6 @@ begin
    where r.action = 'create' and r.error is null
    order by r.row_number;
   get diagnostics created = row_count;
-  select string_agg(format('%I = coalesce(r.%I, ct.%I)', f.field, f.field, f.field), ', ')
-    into sets
-    from crm_private.import_fields('contacts') f
-   where f.field = any (has_col) and f.field not in ('id', 'customer');
-  if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
-    sets := concat_ws(', ', sets, 'custom_fields = ct.custom_fields || coalesce(r.custom_fields, ''{}'')');
-  end if;
   if sets is not null then
     execute format('update crm.contacts ct set %s from pg_temp.import_rows r
                      where r.action = ''update'' and r.error is null and ct.id = r.existing_id', sets);

@@ -185,7 +185,10 @@ async function importCsv(deps: IntegrationDeps, req: Request, res: Response): Pr
     rows = copy.rowCount;
   } catch (e) {
     client.release(true);
-    const message = e instanceof HttpProblem ? e.message : `The CSV could not be read: ${(e as Error).message}`;
+    // PostgreSQL names the line of the COPY input (data rows only: the header was taken off).
+    const line = /line (\d+)/.exec((e as { where?: string }).where ?? "")?.[1];
+    const message =
+      e instanceof HttpProblem ? e.message : `The CSV could not be read${line ? ` at data row ${line}` : ""}: ${(e as Error).message}`;
     await owner.query("select crm_private.import_fail($1, $2)", [job.id, message]).catch(() => undefined);
     if (e instanceof HttpProblem) throw e;
     if ((e as { code?: string }).code) throw new HttpProblem(400, "VALIDATION", message.replace(/crm_private\.import_staging_\w+/g, "file"), "file");
@@ -205,7 +208,8 @@ async function importCsv(deps: IntegrationDeps, req: Request, res: Response): Pr
   await owner.query("update crm.import_jobs set bytes_received = $2, total_rows = $3 where id = $1", [job.id, bytes, rows]);
   try {
     const summary = await runImport(owner, job.id);
-    res.status(200).json({ importJob: jobJson(summary as never) });
+    // 422: the file was read but its rows were refused (onError: abort); the report says why.
+    res.status(summary.status === "completed" ? 200 : 422).json({ importJob: jobJson(summary as never) });
   } catch (e) {
     if (!(e instanceof ImportRunError)) throw e;
     const p = problemFromPg(Object.assign(new Error(e.message), { code: e.code })) ?? new HttpProblem(500, "INTERNAL", e.message);
@@ -262,20 +266,26 @@ async function importErrorsCsv(deps: IntegrationDeps, req: Request, res: Respons
   res.status(200).setHeader("Content-Type", "text/csv; charset=utf-8");
   res.setHeader("Content-Disposition", `attachment; filename="import-${id}-errors.csv"`);
   res.write(csvLine(["row", "column", "message", "value"]));
-  let after = 0;
+  let after = { row: 0, pos: -1, id: 0 };
   for (;;) {
+    // By row, then in the file's column order; keyset pages over (row, column position, id).
     const { rows } = await asCaller(deps.authPool, settings, (c) =>
-      c.query<{ id: string; row_number: number; column_name: string | null; message: string; value: string | null }>(
-        `select id, row_number, column_name, message, value from crm.import_errors
-          where import_job_id = $1 and id > $2 order by id limit 5000`,
-        [id, after],
+      c.query<{ id: string; row_number: number; pos: number; column_name: string | null; message: string; value: string | null }>(
+        `select * from (
+           select e.id, e.row_number, coalesce(array_position(j.columns, e.column_name), 0) as pos, e.column_name, e.message, e.value
+             from crm.import_errors e join crm.import_jobs j on j.id = e.import_job_id
+            where e.import_job_id = $1) x
+          where (x.row_number, x.pos, x.id) > ($2, $3, $4)
+          order by x.row_number, x.pos, x.id limit 5000`,
+        [id, after.row, after.pos, after.id],
       ),
     );
     for (const r of rows) {
       if (!res.write(csvLine([String(r.row_number), r.column_name ?? "", r.message, r.value ?? ""]))) await once(res, "drain");
     }
     if (rows.length < 5000) break;
-    after = Number(rows[rows.length - 1]!.id);
+    const last = rows[rows.length - 1]!;
+    after = { row: last.row_number, pos: last.pos, id: Number(last.id) };
   }
   res.end();
 }
@@ -372,7 +382,8 @@ async function exportCsv(deps: IntegrationDeps, req: Request, res: Response): Pr
     const result = (await grafast({
       schema,
       source: query,
-      variableValues: { first: pageSize, after, filter, condition, orderBy },
+      // Absent arguments are left out: connection-filter refuses an explicit null filter.
+      variableValues: Object.fromEntries(Object.entries({ first: pageSize, after, filter, condition, orderBy }).filter(([, v]) => v !== undefined)),
       resolvedPreset,
       requestContext: { expressv4: { req, res } } as never,
       contextValue: {},
