@@ -72,7 +72,9 @@ create table if not exists crm.notifications (
     references crm.organization_memberships (organization_id, user_id) on delete cascade
 );
 create index if not exists notifications_recipient_created_idx on crm.notifications (organization_id, recipient_id, created_at desc);
-create index if not exists notifications_unread_idx on crm.notifications (organization_id, recipient_id) where read_at is null;
+drop index if exists crm.notifications_unread_idx;
+create index if not exists notifications_recipient_read_at_idx on crm.notifications (organization_id, recipient_id, read_at);
+create index if not exists notifications_recipient_kind_idx on crm.notifications (organization_id, recipient_id, kind);
 create unique index if not exists notifications_dedupe_key on crm.notifications (organization_id, recipient_id, dedupe_key)
   where dedupe_key is not null;
 create index if not exists notifications_digest_idx on crm.notifications (organization_id, recipient_id, created_at)

@@ -21,7 +21,35 @@ declare
   owner_col text := case tg_argv[0] when 'tasks' then 'assignee_id' else 'owner_id' end;
   changes jsonb[];
   chunk record;
+  touched int;
+  src text := case tg_op when 'INSERT' then 'new_rows' when 'DELETE' then 'old_rows'
+                         else '(select * from new_rows union all select * from old_rows)' end;
 begin
+  execute format('select count(*) from %s r', case tg_op when 'DELETE' then 'old_rows' else 'new_rows' end) into touched;
+  if touched > 100 then
+    -- Many rows (an import, a bulk update): per organization, the distinct owners (before and after)
+    -- and creators of the rows, 100 a message; rows without any of them reach *_all holders only.
+    for chunk in execute format($q$
+      with touched as (
+        select j->>'organization_id' as org, j->>%L as owner, j->>'created_by' as creator, j->>'pipeline_id' as pipeline
+          from (select to_jsonb(r) as j from %s r) x
+      ), owners as (
+        select distinct org, o as owner from touched cross join lateral unnest(array[owner, creator]) o where o is not null
+      ), numbered as (
+        select org, owner, (row_number() over (partition by org order by owner) - 1) / 100 as part from owners
+      )
+      select org, array_agg(owner) as owners, false as unowned,
+             (select jsonb_agg(distinct t.pipeline) from touched t where t.org = numbered.org and t.pipeline is not null) as pipelines
+        from numbered group by org, part
+      union all
+      select distinct org, '{}'::text[], true, null::jsonb from touched where owner is null and creator is null$q$, owner_col, src)
+    loop
+      perform pg_notify('cairn:' || res || ':' || chunk.org,
+                        jsonb_strip_nulls(jsonb_build_object('op', 'BULK', 'owners', to_jsonb(chunk.owners), 'pipelines', chunk.pipelines,
+                                                             'unowned', case when chunk.unowned then true end))::text);
+    end loop;
+    return null;
+  end if;
   -- One row per change: {op, id, org, owner (now), was (owner before), creator, pipeline}.
   if tg_op = 'INSERT' then
     select array_agg(jsonb_build_object('op', 'CREATED', 'id', j->>'id', 'org', j->>'organization_id', 'owner', j->>owner_col,
@@ -49,32 +77,8 @@ begin
   if changes is null then
     return null;
   end if;
-  if cardinality(changes) <= 100 then
-    perform pg_notify('cairn:' || res || ':' || (c->>'org'), jsonb_strip_nulls(c - 'org')::text)
-       from unnest(changes) c;
-    return null;
-  end if;
-  -- Many rows: per organization, the distinct owners (before and after) and creators, 100 a message.
-  for chunk in
-    with owners as (
-      select distinct c->>'org' as org, o as owner
-        from unnest(changes) c
-        cross join lateral unnest(array[c->>'owner', c->>'was', c->>'creator']) o
-       where o is not null
-    ), numbered as (
-      select org, owner, (row_number() over (partition by org order by owner) - 1) / 100 as part from owners
-    )
-    select org, array_agg(owner) as owners from numbered group by org, part
-  loop
-    perform pg_notify('cairn:' || res || ':' || chunk.org,
-                      jsonb_build_object('op', 'BULK', 'owners', to_jsonb(chunk.owners),
-                                         'pipelines', (select jsonb_agg(distinct c->>'pipeline') from unnest(changes) c
-                                                        where c->>'org' = chunk.org and c->>'pipeline' is not null))::text);
-  end loop;
-  -- Rows without any owner are visible to *_all holders only: tell them too.
-  perform pg_notify('cairn:' || res || ':' || org, jsonb_build_object('op', 'BULK', 'owners', '[]'::jsonb, 'unowned', true)::text)
-     from (select distinct c->>'org' as org from unnest(changes) c
-            where c->>'owner' is null and c->>'was' is null and c->>'creator' is null) x;
+  perform pg_notify('cairn:' || res || ':' || (c->>'org'), jsonb_strip_nulls(c - 'org')::text)
+     from unnest(changes) c;
   return null;
 end
 $$;

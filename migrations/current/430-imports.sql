@@ -411,13 +411,14 @@ begin
   execute format(
     $q$create temp table import_rows on commit drop as
        select s.row_number, %s, %s as custom_fields,
-              null::uuid as existing_id, null::uuid as customer_id, null::text as action,
+              null::uuid as existing_id, null::uuid as candidate_id, null::uuid as match_id, null::uuid as customer_id, null::text as action,
               null::text as error_column, null::text as error
          from crm_private.%I s
         where not exists (select 1 from crm.import_errors e where e.import_job_id = $1 and e.row_number = s.row_number)$q$,
     cols, cf, crm_private.import_staging(job.id))
     using job.id;
   create index on pg_temp.import_rows (row_number);
+  analyze pg_temp.import_rows;
   grant select, update on pg_temp.import_rows to crm_user;
 end
 $$;
@@ -476,8 +477,12 @@ $$;
 
 -- Customers: match by id, else e-mail, among the customers the importer can see; check what the
 -- importer may do (create: customers:create, and only customers they own unless customers:update_all;
--- update: the update scope); then insert and update set-based. Runs as crm_user between the two
--- set_config('role') calls: only crm.* and pg_temp.* objects are used there.
+-- update: the update scope); then insert and update set-based.
+--
+-- Matching by e-mail happens as the owner first (citext equality is not leakproof, so under RLS it
+-- could not use the index), giving candidate ids; the importer's RLS then decides, by id, which
+-- candidates they can see. Between the two set_config('role') calls the function runs as crm_user:
+-- only crm.* and pg_temp.* objects and plain variables are used there.
 create or replace function crm_private.import_apply_customers(job crm.import_jobs, invalid int) returns jsonb
   language plpgsql volatile
   set search_path = pg_catalog, public, pg_temp
@@ -487,11 +492,12 @@ declare
   created int := 0;
   updated int := 0;
   skipped int := 0;
-  conflicts bigint[];
   sets text;
-  applied boolean := true;
+  me uuid := crm.current_user_id();
+  update_all boolean := crm.has_permission('customers:update_all');
+  updatable uuid[] := crm.visible_owner_ids('customers', 'update');
 begin
-  -- The update's SET list (columns present in the file), built while still the owner.
+  -- As the owner: the SET list of updates (columns present in the file) and the e-mail candidates.
   select string_agg(case
            when f.field = 'owner' then 'owner_id = coalesce(r.owner, c.owner_id)'
            else format('%I = coalesce(r.%I, c.%I)', f.field, f.field, f.field) end, ', ')
@@ -501,12 +507,17 @@ begin
   if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
     sets := concat_ws(', ', sets, 'custom_fields = c.custom_fields || coalesce(r.custom_fields, ''{}'')');
   end if;
+  update pg_temp.import_rows r set candidate_id = c.id from crm.customers c
+   where r.id is null and r.email is not null
+     and c.organization_id = job.organization_id and c.deleted_at is null and c.email = r.email;
+  analyze pg_temp.import_rows;
+
   perform set_config('role', 'crm_user', true);
-  update pg_temp.import_rows r set existing_id = c.id from crm.customers c where r.id is not null and c.id = r.id;
+  update pg_temp.import_rows r set existing_id = c.id from crm.customers c where c.id = coalesce(r.id, r.candidate_id);
   update pg_temp.import_rows r set error_column = 'id', error = 'No customer you can see has this id.'
    where r.id is not null and r.existing_id is null;
-  update pg_temp.import_rows r set existing_id = c.id from crm.customers c
-   where r.existing_id is null and r.error is null and r.email is not null and c.email = r.email;
+  update pg_temp.import_rows r set error_column = 'email', error = 'A customer with this e-mail address already exists (you may not see it).'
+   where r.error is null and r.candidate_id is not null and r.existing_id is null;
   update pg_temp.import_rows r set action = case
       when r.existing_id is null then 'create'
       when job.on_duplicate = 'skip' then 'skip'
@@ -518,14 +529,12 @@ begin
   update pg_temp.import_rows r set error_column = 'name', error = 'Required for new customers.'
    where r.action = 'create' and r.name is null;
   update pg_temp.import_rows r set error_column = 'owner', error = 'You may only import customers you own (customers:update_all needed).'
-   where r.action in ('create', 'update') and r.error is null and r.owner is not null and r.owner <> crm.current_user_id()
-     and not crm.has_permission('customers:update_all')
-     and not (r.action = 'update' and r.owner = any (crm.visible_owner_ids('customers', 'update')));
+   where r.action in ('create', 'update') and r.error is null and r.owner is not null and r.owner <> me
+     and not update_all and not (r.action = 'update' and r.owner = any (updatable));
   update pg_temp.import_rows r set error_column = 'id', error = 'You may not change this customer.'
-   where r.action = 'update' and r.error is null
-     and not crm.has_permission('customers:update_all')
-     and not exists (select 1 from crm.customers c where c.id = r.existing_id
-                       and c.owner_id = any (crm.visible_owner_ids('customers', 'update')));
+    from crm.customers c
+   where r.action = 'update' and r.error is null and c.id = r.existing_id
+     and not update_all and not (c.owner_id = any (updatable));
   update pg_temp.import_rows r set error_column = 'custom_fields.' || d.key, error = 'Required.'
     from crm.custom_field_definitions d
    where r.action = 'create' and r.error is null and d.entity = 'customer' and d.is_required
@@ -535,49 +544,30 @@ begin
     return jsonb_build_object('applied', false, 'created', 0, 'updated', 0, 'skipped', 0);
   end if;
   select count(*) into skipped from pg_temp.import_rows where action = 'skip' and error is null;
-  begin
-    with ins as (
-      insert into crm.customers (kind, name, email, phone, status, owner_id, industry, company_size, website, annual_revenue,
-                                 employee_count, lead_source, lead_score, birth_date, contacted, next_follow_up_at, custom_fields)
-      select coalesce(r.kind, 'company'), r.name, r.email, r.phone, coalesce(r.status, 'lead'), coalesce(r.owner, crm.current_user_id()),
-             r.industry, r.company_size, r.website, r.annual_revenue, r.employee_count, r.lead_source, coalesce(r.lead_score, 0),
-             r.birth_date, coalesce(r.contacted, false), r.next_follow_up_at, coalesce(r.custom_fields, '{}'::jsonb)
-        from pg_temp.import_rows r
-       where r.action = 'create' and r.error is null
-       order by r.row_number
-      on conflict (organization_id, email) where deleted_at is null and email is not null do nothing
-      returning email
-    ), missed as (
-      select r.row_number from pg_temp.import_rows r
-       where r.action = 'create' and r.error is null and r.email is not null
-         and not exists (select 1 from ins where ins.email = r.email)
-    )
-    select (select count(*) from ins), (select array_agg(row_number) from missed) into created, conflicts;
-    if conflicts is not null and job.on_error = 'abort' then
-      raise exception using errcode = 'CRIMP', message = 'conflicts';
-    end if;
-    if 'update' = any (select action from pg_temp.import_rows) then
-      if sets is not null then
-        execute format('update crm.customers c set %s from pg_temp.import_rows r
-                         where r.action = ''update'' and r.error is null and c.id = r.existing_id', sets);
-        get diagnostics updated = row_count;
-      end if;
-    end if;
-  exception when sqlstate 'CRIMP' then
-    created := 0;
-    updated := 0;
-    skipped := 0;
-    applied := false;
-  end;
-  update pg_temp.import_rows r set error_column = 'email', error = 'A customer with this e-mail address already exists (you may not see it).'
-   where r.row_number = any (conflicts);
+  -- A customer created meanwhile with the same e-mail address fails the whole import (23505): the
+  -- unique index is the final word, and nothing is half-applied.
+  insert into crm.customers (kind, name, email, phone, status, owner_id, industry, company_size, website, annual_revenue,
+                             employee_count, lead_source, lead_score, birth_date, contacted, next_follow_up_at, custom_fields)
+  select coalesce(r.kind, 'company'), r.name, r.email, r.phone, coalesce(r.status, 'lead'), coalesce(r.owner, me),
+         r.industry, r.company_size, r.website, r.annual_revenue, r.employee_count, r.lead_source, coalesce(r.lead_score, 0),
+         r.birth_date, coalesce(r.contacted, false), r.next_follow_up_at, coalesce(r.custom_fields, '{}'::jsonb)
+    from pg_temp.import_rows r
+   where r.action = 'create' and r.error is null
+   order by r.row_number;
+  get diagnostics created = row_count;
+  if sets is not null then
+    execute format('update crm.customers c set %s from pg_temp.import_rows r
+                     where r.action = ''update'' and r.error is null and c.id = r.existing_id', sets);
+    get diagnostics updated = row_count;
+  end if;
   perform set_config('role', 'none', true);
-  return jsonb_build_object('applied', applied, 'created', created, 'updated', updated, 'skipped', skipped);
+  return jsonb_build_object('applied', true, 'created', created, 'updated', updated, 'skipped', skipped);
 end
 $$;
 
--- Contacts: the customer (id or e-mail) must be one the importer can see and change; match existing
--- contacts by id, else by e-mail within that customer.
+-- Contacts: the customer (id or e-mail) must be one the importer can see and change; existing
+-- contacts are matched by id, else by e-mail within that customer. Candidates by e-mail are found as
+-- the owner, then kept only when the importer can see them (as for customers).
 create or replace function crm_private.import_apply_contacts(job crm.import_jobs, invalid int) returns jsonb
   language plpgsql volatile
   set search_path = pg_catalog, public, pg_temp
@@ -588,6 +578,9 @@ declare
   updated int := 0;
   skipped int := 0;
   sets text;
+  update_all boolean := crm.has_permission('customers:update_all');
+  updatable uuid[] := crm.visible_owner_ids('customers', 'update');
+  uuid_re text := '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 begin
   select string_agg(format('%I = coalesce(r.%I, ct.%I)', f.field, f.field, f.field), ', ')
     into sets
@@ -596,23 +589,27 @@ begin
   if exists (select 1 from unnest(has_col) x where x like 'custom_fields.%') then
     sets := concat_ws(', ', sets, 'custom_fields = ct.custom_fields || coalesce(r.custom_fields, ''{}'')');
   end if;
+  -- As the owner: the customer named by e-mail (or id), and a contact with the row's e-mail there.
+  update pg_temp.import_rows r set candidate_id = c.id from crm.customers c
+   where r.customer !~* uuid_re and c.organization_id = job.organization_id and c.deleted_at is null and c.email = r.customer::citext;
+  update pg_temp.import_rows r set candidate_id = r.customer::uuid where r.customer ~* uuid_re;
+  update pg_temp.import_rows r set match_id = ct.id from crm.contacts ct
+   where r.id is null and r.email is not null and r.candidate_id is not null
+     and ct.organization_id = job.organization_id and ct.customer_id = r.candidate_id and ct.deleted_at is null and ct.email = r.email;
+  analyze pg_temp.import_rows;
+
   perform set_config('role', 'crm_user', true);
   update pg_temp.import_rows r set existing_id = ct.id, customer_id = ct.customer_id
-    from crm.contacts ct where r.id is not null and ct.id = r.id;
+    from crm.contacts ct where ct.id = coalesce(r.id, r.match_id);
   update pg_temp.import_rows r set error_column = 'id', error = 'No contact you can see has this id.'
    where r.id is not null and r.existing_id is null;
   update pg_temp.import_rows r set customer_id = c.id from crm.customers c
-   where r.customer_id is null and r.customer ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and c.id = r.customer::uuid;
-  update pg_temp.import_rows r set customer_id = c.id from crm.customers c
-   where r.customer_id is null and r.customer is not null and r.customer !~* '^[0-9a-f]{8}-' and c.email = r.customer::citext;
+   where r.customer_id is null and r.error is null and c.id = r.candidate_id;
   update pg_temp.import_rows r set error_column = 'customer', error = 'No customer you can see has this id or e-mail address.'
    where r.error is null and r.customer_id is null;
   update pg_temp.import_rows r set error_column = 'customer', error = 'You may not change this customer''s contacts.'
-   where r.error is null and not crm.has_permission('customers:update_all')
-     and not exists (select 1 from crm.customers c where c.id = r.customer_id
-                       and c.owner_id = any (crm.visible_owner_ids('customers', 'update')));
-  update pg_temp.import_rows r set existing_id = ct.id from crm.contacts ct
-   where r.existing_id is null and r.error is null and r.email is not null and ct.customer_id = r.customer_id and ct.email = r.email;
+    from crm.customers c
+   where r.error is null and c.id = r.customer_id and not update_all and not (c.owner_id = any (updatable));
   update pg_temp.import_rows r set action = case
       when r.existing_id is null or job.on_duplicate = 'create' then 'create'
       when job.on_duplicate = 'skip' then 'skip'

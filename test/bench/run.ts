@@ -140,3 +140,4 @@ await cleanup.query(`drop database if exists ${name} with (force)`);
 await cleanup.end();
 if (embedded) await embedded.stop();
 if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+await (await import("./import.ts")).runImportBench({ small }); // CSV import/export (also: npm run bench:import)
