@@ -41,7 +41,6 @@ beforeAll(async () => {
   server = await startServer(db, { SUBSCRIPTIONS_MAX_CONNECTIONS_PER_MEMBER: "2" });
 });
 afterAll(async () => {
-  if (process.env.DEBUG_LOGS) console.log(server?.logs.filter((l) => Number(l.level) >= 40).map((l) => JSON.stringify(l)).join("\n"));
   for (const c of clients) await c.dispose();
   await server?.stop();
   await db?.drop();
