@@ -73,6 +73,27 @@ export interface Config {
   graphiqlDemoSignIn: boolean;
   /** PostGraphile's named prepared statements; off behind PgBouncer < 1.21 in transaction mode. */
   pgPreparedStatements: boolean;
+  realtime: RealtimeConfig;
+}
+
+/** Subscriptions, webhooks, CSV import/export (docs/realtime.md, docs/integrations.md). */
+export interface RealtimeConfig {
+  /** Websocket connections with live subscriptions per member (per server process). */
+  maxConnectionsPerMember: number;
+  /** Live subscriptions per websocket connection. */
+  maxSubscriptionsPerConnection: number;
+  /** Allow http:// webhook URLs (development only; https otherwise). */
+  webhooksAllowHttp: boolean;
+  /** Allow webhooks to private, loopback and link-local addresses (development and tests only). */
+  webhooksAllowPrivateNetworks: boolean;
+  /** Whole-request time limit of one webhook delivery. */
+  webhookTimeoutMs: number;
+  /** Failed attempts in a row after which an endpoint is disabled (and its admins are told). */
+  webhookDisableAfterFailures: number;
+  /** Largest CSV file accepted by POST /import/:entity. */
+  importMaxBytes: number;
+  /** Imports with more rows than this run as a background job (202); smaller ones answer when done. */
+  importSyncMaxRows: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -219,5 +240,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     apiProcesses: int(env, "API_PROCESSES", 1, 1, 64),
     graphiqlDemoSignIn: bool(env, "GRAPHIQL_DEMO_SIGN_IN", true),
     pgPreparedStatements: bool(env, "PG_PREPARED_STATEMENTS", true),
+    realtime: realtimeConfig(env, isProduction),
+  };
+}
+
+function realtimeConfig(env: NodeJS.ProcessEnv, isProduction: boolean): RealtimeConfig {
+  const webhooksAllowHttp = bool(env, "WEBHOOKS_ALLOW_HTTP", false);
+  const webhooksAllowPrivateNetworks = bool(env, "WEBHOOKS_ALLOW_PRIVATE_NETWORKS", false);
+  if (isProduction && (webhooksAllowHttp || webhooksAllowPrivateNetworks)) {
+    throw new ConfigError("WEBHOOKS_ALLOW_HTTP and WEBHOOKS_ALLOW_PRIVATE_NETWORKS are for development; NODE_ENV=production refuses them");
+  }
+  return {
+    maxConnectionsPerMember: int(env, "SUBSCRIPTIONS_MAX_CONNECTIONS_PER_MEMBER", 5, 1, 1000),
+    maxSubscriptionsPerConnection: int(env, "SUBSCRIPTIONS_MAX_PER_CONNECTION", 20, 1, 1000),
+    webhooksAllowHttp,
+    webhooksAllowPrivateNetworks,
+    webhookTimeoutMs: int(env, "WEBHOOK_TIMEOUT_MS", 10_000, 100, 30_000),
+    webhookDisableAfterFailures: int(env, "WEBHOOK_DISABLE_AFTER_FAILURES", 15, 1, 1000),
+    importMaxBytes: int(env, "IMPORT_MAX_BYTES", 512 * 1024 * 1024, 1024, 4 * 1024 * 1024 * 1024),
+    importSyncMaxRows: int(env, "IMPORT_SYNC_MAX_ROWS", 20_000, 0, 10_000_000),
   };
 }

@@ -31,7 +31,16 @@ export type TokenSource = "cairn" | "external";
  * Resolves verified claims to the principal the database will see. The identity module checks the
  * session (revocation), the user and the membership here, and provisions external principals.
  */
-export type PrincipalResolver = (source: TokenSource, claims: TokenClaims) => Promise<Principal | null>;
+export type PrincipalResolver = (source: TokenSource, claims: TokenClaims, opts?: ResolveOptions) => Promise<Principal | null>;
+
+export interface ResolveOptions {
+  /**
+   * Leave the session check of a Cairn token to the request's own transaction
+   * (crm_private.begin_request). Only the GraphQL-over-HTTP path, whose settings statement is rewritten
+   * (src/auth/request-settings.ts), may ask for it; websockets and the other routes check now.
+   */
+  deferSessionCheck?: boolean;
+}
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -109,6 +118,7 @@ export async function pgSettingsFor(
   jwtSecret: string,
   req: RequestInfo,
   resolve: PrincipalResolver,
+  opts: ResolveOptions = {},
 ): Promise<Record<string, string>> {
   const settings: Record<string, string> = { role: "crm_anonymous", ...authSettings(config) };
   if (req.requestId) settings["cairn.request_id"] = req.requestId;
@@ -128,7 +138,7 @@ export async function pgSettingsFor(
   if (typeof verified.claims.role === "string" && DATABASE_ROLE.test(verified.claims.role)) {
     throw httpError(401, "UNAUTHENTICATED", "Invalid token.");
   }
-  const principal = await resolve(verified.source, verified.claims);
+  const principal = await resolve(verified.source, verified.claims, opts);
   if (!principal) throw httpError(401, "UNAUTHENTICATED", "The session is no longer valid; sign in again.");
   if (principal.deferredSessionCheck) {
     // Fail-closed: role and claims are set by crm_private.begin_request once the session checks out.

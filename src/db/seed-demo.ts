@@ -287,8 +287,8 @@ const day = (t: number) => new Date(t).toISOString().slice(0, 10);
  * here (renamed, new) keeps firing; one missing from the database is skipped.
  */
 const REPLACED_TRIGGERS: Record<string, readonly string[]> = {
-  customers: ["_150_custom_fields", "_160_search", "_300_status_history", "_800_audit"],
-  contacts: ["_140_first_primary", "_150_custom_fields", "_160_search", "_800_audit"],
+  customers: ["_150_custom_fields", "_160_search", "_300_status_history", "_300_status_history_insert", "_800_audit", "_800_audit_insert"],
+  contacts: ["_140_first_primary", "_150_custom_fields", "_160_search", "_800_audit", "_800_audit_insert"],
   customer_tags: ["_800_audit"],
   contact_tags: ["_800_audit"],
   deals: ["_120_defaults", "_130_contact", "_150_custom_fields", "_160_search", "_300_stage_history", "_800_audit"],

@@ -12,6 +12,7 @@ import { makePaginationPlugin } from "./plugins/pagination.ts";
 import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
 import { invalidSessions } from "../auth/request-settings.ts";
 import { requestScope } from "../logger.ts";
+import { makeRealtimePlugins, type RealtimePluginOptions } from "./plugins/realtime.ts";
 
 export interface PresetOptions {
   authPool: Pool;
@@ -28,6 +29,8 @@ export interface PresetOptions {
   onInvalidDocument?: () => void;
   /** Headers Ruru's headers pane starts with on each page load (the demo sign-in). */
   graphiqlHeaders?: () => Promise<Record<string, string> | undefined>;
+  /** Subscriptions (limits) and the webhook settings SQL sees; defaults for schema export. */
+  realtime?: RealtimePluginOptions;
 }
 
 /** Operators offered by connection-filter: the cheap, index-friendly ones. */
@@ -147,6 +150,7 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
       ),
       makePaginationPlugin(opts.pageSizeMax ?? 100),
+      ...makeRealtimePlugins(opts.realtime),
     ],
     pgServices: [
       makePgService({

@@ -15,6 +15,7 @@ import { authPluginOptions } from "../graphql/plugins/auth.ts";
 import { makeMaskError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
+import { mountIntegrationRoutes } from "./integrations.ts";
 
 export interface ReadinessCheck {
   name: string;
@@ -138,6 +139,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
         deps.jwtSecret,
         { authorization: req.headers.authorization, requestId: req.id, clientIp: req.ip, userAgent: req.headers["user-agent"] },
         deps.resolvePrincipal,
+        { deferSessionCheck: true },
       );
       next();
     } catch (e) {
@@ -165,6 +167,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
     onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),
     ...(config.graphiql && deps.graphiqlHeaders ? { graphiqlHeaders: deps.graphiqlHeaders } : {}),
+    realtime: { ...config.realtime, onError: (err, message) => logger.warn({ err }, message) },
     async context(requestContext) {
       const req = requestContext.expressv4?.req as Request | undefined;
       if (req?.pgSettings) return { pgSettings: req.pgSettings };
@@ -191,6 +194,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   server.requestTimeout = 60_000;
   server.headersTimeout = 30_000;
   await serv.addTo(app, server);
+  mountIntegrationRoutes(app, { config, logger, authPool: deps.authPool, ownerPool: deps.ownerPool, jwtSecret: deps.jwtSecret, resolvePrincipal: deps.resolvePrincipal, pgl });
 
   app.use((_req, res) => {
     res.status(404).json({ errors: [{ message: "Not found", extensions: { code: "NOT_FOUND" } }] });

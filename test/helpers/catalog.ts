@@ -64,6 +64,10 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.purge_project": TRASH,
   "crm.purge_note": TRASH,
   "crm.deleted_customers": TRASH,
+  "crm.my_notification_preferences": "reads the default channel of each kind (crm_private); returns only the caller's own preferences",
+  "crm.webhook_event_types": "lists the webhook event catalog kept in crm_private (names only)",
+  "crm.redeliver_webhook": WORKFLOW,
+  "crm.rotate_webhook_secret": WORKFLOW,
 };
 
 type Q = Pick<pg.ClientBase, "query">;

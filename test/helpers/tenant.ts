@@ -55,6 +55,22 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   await q("insert into crm.notes (organization_id, content, author_id, customer_id) values ($1, 'Met at the fair', $2, $3)", [org.id, memberId, customerId]);
   await q("insert into crm.custom_field_definitions (organization_id, entity, key, label, field_type) values ($1, 'customer', 'segment', 'Segment', 'text')", [org.id]);
   await q("insert into crm.job_runs (organization_id, task, outcome, rows_affected, finished_at) values ($1, 'tasks:recur', 'succeeded', 0, now())", [org.id]);
+  // Realtime and integrations: a notification preference, a webhook endpoint with an event, a
+  // delivery and an attempt, an import job with an error (notifications come from the task triggers).
+  await q("insert into crm.notification_preferences (organization_id, user_id, kind, channel) values ($1, $2, 'mentioned', 'off')", [org.id, memberId]);
+  await q("insert into crm.notifications (organization_id, recipient_id, kind, title) values ($1, $2, 'follow_up_due', 'Follow up')", [org.id, memberId]);
+  const endpointId = await one("insert into crm.webhook_endpoints (organization_id, url, event_types, is_active) values ($1, $2, '{*}', false) returning id", [
+    org.id, `https://hooks.${slug}.example/cairn`,
+  ]);
+  const eventId = await one("insert into crm.webhook_events (organization_id, event_type, record_id, payload) values ($1, 'customer.updated', $2, '{}') returning id", [
+    org.id, customerId,
+  ]);
+  const deliveryId = await one("insert into crm.webhook_deliveries (organization_id, endpoint_id, event_id, event_type, status) values ($1, $2, $3, 'customer.updated', 'failed') returning id", [
+    org.id, endpointId, eventId,
+  ]);
+  await q("insert into crm.webhook_delivery_attempts (organization_id, delivery_id, attempt, status_code, duration_ms) values ($1, $2, 1, 500, 12)", [org.id, deliveryId]);
+  const importId = await one("insert into crm.import_jobs (organization_id, entity, status, created_by) values ($1, 'customers', 'completed', $2) returning id", [org.id, memberId]);
+  await q("insert into crm.import_errors (organization_id, import_job_id, row_number, column_name, message) values ($1, $2, 1, 'name', 'Required.')", [org.id, importId]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
   return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA };
 }

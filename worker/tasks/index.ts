@@ -5,9 +5,23 @@ import { makeMaintenancePrune } from "./maintenance-prune.ts";
 import { makeEmailSend } from "./email-send.ts";
 import { makeJobsFanOut } from "./jobs-fan-out.ts";
 import { makeTenantTaskList, TENANT_TASK_IDENTIFIERS } from "../tenant/registry.ts";
+import { makeWebhooksDeliver } from "./webhooks-deliver.ts";
+import { makeImportsRun } from "./imports-run.ts";
+import { makeIntegrationsPrune, makeNotificationsDigest, makeNotificationsEmail, makeNotificationsScan } from "./notifications.ts";
 
 // Tenant tasks (one organization each) come from worker/tenant/registry.ts.
-export const TASK_IDENTIFIERS = ["maintenance:prune", "email:send", "jobs:fan_out", ...TENANT_TASK_IDENTIFIERS] as const;
+export const TASK_IDENTIFIERS = [
+  "maintenance:prune",
+  "email:send",
+  "jobs:fan_out",
+  ...TENANT_TASK_IDENTIFIERS,
+  "notifications:email",
+  "notifications:scan",
+  "notifications:digest",
+  "webhooks:deliver",
+  "imports:run",
+  "integrations:prune",
+] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
 export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier, TaskList[string]> {
@@ -16,5 +30,11 @@ export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier
     "email:send": makeEmailSend(ctx),
     "jobs:fan_out": makeJobsFanOut(ctx),
     ...makeTenantTaskList(ctx),
+    "notifications:email": makeNotificationsEmail(ctx),
+    "notifications:scan": makeNotificationsScan(ctx),
+    "notifications:digest": makeNotificationsDigest(ctx),
+    "webhooks:deliver": makeWebhooksDeliver(ctx),
+    "imports:run": makeImportsRun(ctx),
+    "integrations:prune": makeIntegrationsPrune(ctx),
   };
 }
