@@ -2,6 +2,7 @@
 // README.md ("Configuration") lists them; keep the two in step.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import type { GraphqlLimits } from "./graphql/gate.ts";
 
 export const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -62,6 +63,30 @@ export interface Config {
   demo: boolean;
   /** Front-end base URL used in email links. */
   publicAppUrl: string;
+  /** Abuse limits: cost budget, caches, trusted documents, rate and time limits (docs/security.md). */
+  hardening: HardeningConfig;
+}
+
+export interface HardeningConfig {
+  graphqlLimits: GraphqlLimits;
+  /** Schema introspection (GraphiQL needs it); off by default in production. */
+  introspection: boolean;
+  /** "Did you mean …" suggestions in validation errors; off by default in production. */
+  fieldSuggestions: boolean;
+  /** Documents whose parse and validation result is cached (LRU). */
+  documentCacheSize: number;
+  /** Operations whose plans Grafast caches (LRU), and plans kept per operation. */
+  planCacheOperations: number;
+  planCachePlansPerOperation: number;
+  /** Planning is synchronous (it blocks the event loop): longer than this, and it is aborted. */
+  planningTimeoutMs: number;
+  /** Trusted documents: only operations registered in `directory` (by hash) are accepted. */
+  trustedDocuments: { enabled: boolean; directory: string | undefined };
+  rateLimit: { enabled: boolean; windowSeconds: number; perAddress: number; perPrincipal: number };
+  /** statement_timeout of every API request's transaction (crm_user / crm_anonymous). */
+  statementTimeoutMs: number;
+  /** statement_timeout of the worker's connections (jobs). */
+  jobStatementTimeoutMs: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -197,5 +222,42 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     demo: bool(env, "DEMO_DATA", !isProduction && !databaseUrl),
     publicAppUrl: (env.PUBLIC_APP_URL || "http://localhost:3000").replace(/\/+$/, ""),
+    hardening: hardeningConfig(env, nodeEnv),
+  };
+}
+
+/** Defaults are sized so every query in the docs, the tests and GraphiQL's introspection pass. */
+function hardeningConfig(env: NodeJS.ProcessEnv, nodeEnv: string): HardeningConfig {
+  const production = nodeEnv === "production";
+  const trustedDocuments = bool(env, "TRUSTED_DOCUMENTS", false);
+  const trustedDir = env.TRUSTED_DOCUMENTS_DIR ? path.resolve(ROOT_DIR, env.TRUSTED_DOCUMENTS_DIR) : undefined;
+  if (trustedDocuments && !trustedDir) throw new ConfigError("TRUSTED_DOCUMENTS=true needs TRUSTED_DOCUMENTS_DIR (a folder of <hash>.graphql files)");
+  return {
+    graphqlLimits: {
+      maxDocumentBytes: int(env, "GRAPHQL_MAX_DOCUMENT_BYTES", 50_000, 100, 10_000_000),
+      maxTokens: int(env, "GRAPHQL_MAX_TOKENS", 5_000, 10, 1_000_000),
+      maxDepth: int(env, "GRAPHQL_MAX_DEPTH", 15, 1, 1_000),
+      maxAliases: int(env, "GRAPHQL_MAX_ALIASES", 30, 0, 100_000),
+      maxDirectives: int(env, "GRAPHQL_MAX_DIRECTIVES", 20, 0, 100_000),
+      maxRootFields: int(env, "GRAPHQL_MAX_ROOT_FIELDS", 20, 1, 100_000),
+      maxFields: int(env, "GRAPHQL_MAX_FIELDS", 1_000, 1, 10_000_000),
+      maxListItems: int(env, "GRAPHQL_MAX_LIST_ITEMS", 20_000, 1, 1_000_000_000),
+    },
+    introspection: bool(env, "GRAPHQL_INTROSPECTION", !production),
+    fieldSuggestions: bool(env, "GRAPHQL_FIELD_SUGGESTIONS", !production),
+    documentCacheSize: int(env, "GRAPHQL_DOCUMENT_CACHE_SIZE", 200, 1, 100_000),
+    planCacheOperations: int(env, "GRAPHQL_PLAN_CACHE_SIZE", 100, 1, 100_000),
+    planCachePlansPerOperation: int(env, "GRAPHQL_PLANS_PER_OPERATION", 10, 1, 1_000),
+    planningTimeoutMs: int(env, "GRAPHQL_PLANNING_TIMEOUT_MS", 2_000, 10, 600_000),
+    trustedDocuments: { enabled: trustedDocuments, directory: trustedDir },
+    rateLimit: {
+      // Off under NODE_ENV=test so the suites are never throttled; the limiter's own tests turn it on.
+      enabled: bool(env, "RATE_LIMIT", nodeEnv !== "test"),
+      windowSeconds: int(env, "RATE_LIMIT_WINDOW_SECONDS", 60, 1, 86_400),
+      perAddress: int(env, "RATE_LIMIT_PER_ADDRESS", 1_200, 1, 10_000_000),
+      perPrincipal: int(env, "RATE_LIMIT_PER_PRINCIPAL", 600, 1, 10_000_000),
+    },
+    statementTimeoutMs: int(env, "STATEMENT_TIMEOUT_MS", 15_000, 0, 3_600_000),
+    jobStatementTimeoutMs: int(env, "JOB_STATEMENT_TIMEOUT_MS", 600_000, 0, 86_400_000),
   };
 }

@@ -92,6 +92,12 @@ export async function resolveJwtSecret(config: Config): Promise<string> {
   return readOrCreateSecret(path.join(config.embedded.dataDir, "jwt-secret"), () => crypto.randomBytes(48).toString("base64url"));
 }
 
+/** statement_timeout for the worker's (owner) connections: JOB_STATEMENT_TIMEOUT_MS, 0 = none. */
+export function jobStatementTimeout(config: Config): { options?: string } {
+  const ms = config.hardening.jobStatementTimeoutMs;
+  return ms > 0 ? { options: `-c statement_timeout=${ms}` } : {};
+}
+
 export interface Service {
   app: App;
   demo?: DemoAccess;
@@ -112,7 +118,12 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     if (config.migrateOnStart) {
       await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
     }
-    const ownerPool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.worker === "inline" ? config.workerConcurrency + 3 : 3 });
+    const ownerPool = new pg.Pool({
+      connectionString: connections.ownerUrl,
+      max: config.worker === "inline" ? config.workerConcurrency + 3 : 3,
+      // The jobs' time budget (the API's requests have their own, per transaction).
+      ...jobStatementTimeout(config),
+    });
     ownerPool.on("error", (err) => logger.error({ err }, "owner pool error"));
     ownerPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "owner connection error")));
     cleanups.push(() => ownerPool.end());

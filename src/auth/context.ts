@@ -47,6 +47,8 @@ export function verifyToken(config: Config, jwtSecret: string, token: string): {
       issuer: config.jwt.issuer,
       audience: config.jwt.audience,
     }) as TokenClaims;
+    // jsonwebtoken accepts a token without `exp`; an access token that never expires is refused.
+    if (typeof claims.exp !== "number") throw new Error("tokens must expire");
     return { source: "cairn", claims };
   } catch (e) {
     ownError = e;
@@ -97,6 +99,8 @@ export async function pgSettingsFor(
   resolve: PrincipalResolver,
 ): Promise<Record<string, string>> {
   const settings: Record<string, string> = { role: "crm_anonymous", ...authSettings(config) };
+  // The time budget of the request's transaction (SET LOCAL): exceeding it cancels the statement.
+  if (config.hardening.statementTimeoutMs > 0) settings.statement_timeout = String(config.hardening.statementTimeoutMs);
   if (req.requestId) settings["cairn.request_id"] = req.requestId;
   if (req.clientIp) settings["cairn.client_ip"] = req.clientIp;
   if (req.userAgent) settings["cairn.user_agent"] = req.userAgent.slice(0, 500);

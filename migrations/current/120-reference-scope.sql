@@ -1,0 +1,81 @@
+-- A reference a caller sets must point at a row the caller can see.
+--
+-- Composite foreign keys keep references inside the tenant, but a row inside the tenant can still be
+-- outside the caller's scope (a Sales Representative setting `referredById` to a customer owned by
+-- someone else). This generic trigger checks, for every foreign key of the row into a tenant-owned
+-- table, that the referenced row is visible to the caller under row-level security. It reads the
+-- foreign keys from the catalog on each call, so a foreign key added later is covered too; a new table
+-- needs one line: `select crm_private.guard_references('crm.<table>');` (the catalog test
+-- `referencesUnguarded` names the tables that miss it).
+--
+-- Only requests are checked (current_user = crm_user): migrations, seeds and SECURITY DEFINER
+-- business functions run as the owner and check what they need themselves. A reference that is
+-- hidden answers exactly like one that does not exist (23503, "… does not refer to an existing
+-- record."), so the answer does not reveal rows the caller cannot see.
+create or replace function crm_private.tg_references_visible() returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  fk record;
+  new_row jsonb;
+  old_row jsonb;
+  visible boolean;
+begin
+  if current_user <> 'crm_user' then
+    return new;
+  end if;
+  new_row := to_jsonb(new);
+  old_row := case when tg_op = 'UPDATE' then to_jsonb(old) end;
+  for fk in
+    select con.confrelid::regclass::text as parent,
+           array_agg(a.attname::text order by k.i) as cols,
+           array_agg(pa.attname::text order by k.i) as parent_cols,
+           array_agg(format_type(pa.atttypid, pa.atttypmod) order by k.i) as parent_types
+      from pg_constraint con
+      cross join lateral unnest(con.conkey, con.confkey) with ordinality k(col, parent_col, i)
+      join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.col
+      join pg_attribute pa on pa.attrelid = con.confrelid and pa.attnum = k.parent_col
+     where con.conrelid = tg_relid and con.contype = 'f'
+       and exists (select 1 from pg_attribute x where x.attrelid = con.confrelid and x.attname = 'organization_id' and not x.attisdropped)
+     group by con.oid, con.confrelid
+  loop
+    -- MATCH SIMPLE: a null column means there is no reference.
+    continue when exists (select 1 from unnest(fk.cols) c where new_row->>c is null);
+    continue when tg_op = 'UPDATE' and not exists (select 1 from unnest(fk.cols) c where (new_row->c) is distinct from (old_row->c));
+    execute format('select exists (select 1 from %s p where %s)', fk.parent,
+                   (select string_agg(format('p.%I = ($1->>%L)::%s', pc, c, t), ' and ')
+                      from unnest(fk.parent_cols, fk.cols, fk.parent_types) x(pc, c, t)))
+       using new_row into visible;
+    if not visible then
+      raise exception 'A referenced record does not exist.'
+        using errcode = '23503',
+              column = (select c from unnest(fk.cols) with ordinality x(c, i) where c <> 'organization_id' order by i desc limit 1),
+              table = tg_table_name;
+    end if;
+  end loop;
+  return new;
+end
+$$;
+
+-- Installs the guard on one table (idempotent). Fires last among the BEFORE triggers, so it sees the
+-- values other triggers filled in.
+create or replace function crm_private.guard_references(tbl regclass) returns void
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format('drop trigger if exists _950_references_visible on %s', tbl);
+  execute format('create trigger _950_references_visible before insert or update on %s
+                    for each row execute function crm_private.tg_references_visible()', tbl);
+end
+$$;
+
+-- Every table in crm with a foreign key into a tenant-owned table.
+select crm_private.guard_references(c.oid)
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname = 'crm' and c.relkind in ('r', 'p')
+   and exists (
+     select 1 from pg_constraint con
+      where con.conrelid = c.oid and con.contype = 'f'
+        and exists (select 1 from pg_attribute x where x.attrelid = con.confrelid and x.attname = 'organization_id' and not x.attisdropped));
