@@ -9,9 +9,8 @@
 -- `referencesUnguarded` names the tables that miss it).
 --
 -- Only requests are checked (current_user = crm_user): migrations, seeds and SECURITY DEFINER
--- business functions run as the owner and check what they need themselves. A reference that is
--- hidden answers exactly like one that does not exist (23503, "… does not refer to an existing
--- record."), so the answer does not reveal rows the caller cannot see.
+-- business functions run as the owner and check what they need themselves. A hidden reference is
+-- refused like the policies refuse one (42501 → FORBIDDEN), naming the field.
 create or replace function crm_private.tg_references_visible() returns trigger
   language plpgsql
   set search_path = pg_catalog, pg_temp
@@ -48,8 +47,8 @@ begin
                       from unnest(fk.parent_cols, fk.cols, fk.parent_types) x(pc, c, t)))
        using new_row into visible;
     if not visible then
-      raise exception 'A referenced record does not exist.'
-        using errcode = '23503',
+      raise exception 'You may not refer to that record.'
+        using errcode = '42501',
               column = (select c from unnest(fk.cols) with ordinality x(c, i) where c <> 'organization_id' order by i desc limit 1),
               table = tg_table_name;
     end if;
