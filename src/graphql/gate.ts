@@ -73,10 +73,8 @@ export interface GateOptions {
   cacheSize: number;
   /** Page size when a paginated field has no `first` and no default. */
   defaultPageSize: number;
-  /** Page size assumed for a `first` given by a variable without a value. */
-  maxPageSize: number;
   onRefused?: (limit: string) => void;
-  onInvalid?: () => void;
+  onInvalid?: (code: string) => void;
 }
 
 export type LimitName =
@@ -149,14 +147,13 @@ class Measure {
   private readonly variables: Record<string, unknown>;
   private readonly variableDefaults: Record<string, ValueNode | undefined>;
   private readonly defaultPage: number;
-  private readonly maxPage: number;
 
   constructor(
     document: DocumentNode,
     schema: GraphQLSchema | undefined,
     variables: Record<string, unknown>,
     operation: OperationDefinitionNode | undefined,
-    pages: { defaultPage: number; maxPage: number },
+    pages: { defaultPage: number },
   ) {
     this.fragments = Object.create(null);
     for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) this.fragments[d.name.value] = d;
@@ -165,7 +162,6 @@ class Measure {
     this.variableDefaults = Object.create(null);
     for (const v of operation?.variableDefinitions ?? []) this.variableDefaults[v.variable.name.value] = v.defaultValue;
     this.defaultPage = pages.defaultPage;
-    this.maxPage = pages.maxPage;
   }
 
   /** Fields in a selection set with every fragment written out. */
@@ -224,12 +220,13 @@ class Measure {
     if (given.kind === Kind.VARIABLE) {
       const name = given.name.value;
       const v = name in this.variables ? this.variables[name] : undefined;
-      if (typeof v === "number" && Number.isFinite(v)) return v;
+      if (typeof v === "number" && Number.isInteger(v) && Math.abs(v) <= 2_147_483_647) return Math.max(0, v);
       if (v === null) return fallback;
       const d = this.variableDefaults[name];
-      if (d?.kind === Kind.INT) return Number(d.value);
-      if (v === undefined && (!d || d.kind === Kind.NULL)) return fallback;
-      return this.maxPage;
+      if (v === undefined && d?.kind === Kind.INT) return Number(d.value);
+      if (v === undefined) return fallback;
+      // Not an Int: variable coercion refuses the request before anything runs.
+      return 0;
     }
     return fallback;
   }
@@ -347,7 +344,7 @@ export class DocumentGate {
     if (entry.errors) {
       const code = entry.errors[0]?.extensions?.code;
       if (code === "QUERY_TOO_COMPLEX") this.opts.onRefused?.(String(entry.errors[0]?.extensions?.limit));
-      else this.opts.onInvalid?.();
+      else this.opts.onInvalid?.(String(code));
       return { errors: entry.errors };
     }
     return { document: entry.document! };
@@ -361,12 +358,13 @@ export class DocumentGate {
       document = parse(new Source(query, "GraphQL request"), { maxTokens: limits.maxTokens });
     } catch (e) {
       const err = e as GraphQLError;
-      if (/more than \d+ tokens/.test(err.message)) {
+      // graphql-js: "Document contains more that N tokens" (sic).
+      if (/more th(?:an|at) \d+ tokens/.test(err.message)) {
         return { errors: [tooComplex("tokens", limits.maxTokens, countTokens(query, limits.maxTokens * 100))] };
       }
       return { errors: [validationError(err, this.opts.suggestions)] };
     }
-    const measure = new Measure(document, undefined, {}, undefined, { defaultPage: 0, maxPage: 0 });
+    const measure = new Measure(document, undefined, {}, undefined, { defaultPage: 0 });
     for (const op of operationsOf(document)) {
       const roots = measure.rootCount(op.selectionSet);
       if (roots > limits.maxRootFields) return { errors: [tooComplex("rootFields", limits.maxRootFields, roots)] };
@@ -379,8 +377,8 @@ export class DocumentGate {
     if (rejected) return { errors: [tooComplex(rejected.limit, rejected.max, rejected.value)] };
     let nul: string[] | null = null;
     visit(document, {
-      StringValue(node, _key, _parent, _path, ancestors) {
-        if (!nul && node.value.includes("\u0000")) nul = literalPath(ancestors);
+      StringValue(node, _key, parent, _path, ancestors) {
+        if (!nul && node.value.includes("\u0000")) nul = literalPath([...ancestors, parent]);
       },
     });
     if (nul) return { errors: [nulCharacterError(nul)] };
@@ -399,12 +397,15 @@ export class DocumentGate {
   ): GraphQLError | null {
     const vars = variables ?? {};
     const nul = findNul(vars, []);
-    if (nul) return nulCharacterError(nul);
+    if (nul) {
+      this.opts.onInvalid?.("VALIDATION");
+      return nulCharacterError(nul);
+    }
     const ops = operationsOf(document);
     const op = operationName ? ops.find((o) => o.name?.value === operationName) : ops.length === 1 ? ops[0] : undefined;
     if (!op) return null;
     const root = op.operation === "query" ? schema.getQueryType() : op.operation === "mutation" ? schema.getMutationType() : schema.getSubscriptionType();
-    const measure = new Measure(document, schema, vars, op, { defaultPage: this.opts.defaultPageSize, maxPage: this.opts.maxPageSize });
+    const measure = new Measure(document, schema, vars, op, { defaultPage: this.opts.defaultPageSize });
     const items = measure.itemCount(op.selectionSet, root ?? undefined);
     const max = this.opts.limits.maxListItems;
     if (items > max) {

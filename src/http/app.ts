@@ -182,9 +182,15 @@ export async function createApp(deps: AppDeps): Promise<App> {
       suggestions: config.hardening.fieldSuggestions,
       cacheSize: config.hardening.documentCacheSize,
       defaultPageSize: DEFAULT_PAGE_SIZE,
-      maxPageSize: config.pageSizeMax,
-      onRefused: () => metrics.countError("QUERY_TOO_COMPLEX"),
-      onInvalid: () => metrics.countError("GRAPHQL_VALIDATION"),
+      // Refused documents are the caller's doing: logged below warn, with an error id.
+      onRefused: (limit) => {
+        metrics.countError("QUERY_TOO_COMPLEX");
+        logger.info({ errorId: crypto.randomUUID(), code: "QUERY_TOO_COMPLEX", limit }, "request refused");
+      },
+      onInvalid: (code) => {
+        metrics.countError(code);
+        logger.info({ errorId: crypto.randomUUID(), code }, "request refused");
+      },
     }),
     planCache: { operations: config.hardening.planCacheOperations, plansPerOperation: config.hardening.planCachePlansPerOperation },
     planningTimeoutMs: config.hardening.planningTimeoutMs,
