@@ -42,8 +42,9 @@ create or replace function crm_private.invitation_is_for(inv crm.invitations, ui
   language sql stable
   set search_path = pg_catalog, pg_temp
 as $$
-  select inv.invitee_id = uid
-      or (inv.email is not null and exists (select 1 from crm.users u where u.id = uid and u.email = inv.email))
+  -- Null-safe on purpose: an invitation without an invitee account must not compare as "unknown".
+  select coalesce(inv.invitee_id = uid, false)
+      or (inv.email is not null and uid is not null and exists (select 1 from crm.users u where u.id = uid and u.email = inv.email))
 $$;
 
 -- Creates the invitation row, its single-use token, and the e-mail (to `deliver_to`, which the
