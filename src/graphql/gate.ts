@@ -306,7 +306,7 @@ export class DocumentGate {
 
   constructor(opts: GateOptions) {
     this.opts = opts;
-    this.cache = new LRU({ maxLength: Math.max(1, opts.cacheSize) });
+    this.cache = new LRU({ maxLength: Math.max(2, opts.cacheSize) });
     const { limits } = opts;
     const reject = (limit: LimitName, max: number) => (_ctx: unknown, err: GraphQLError) => {
       const found = /found (\d+)/.exec(err.message);

@@ -15,6 +15,12 @@ import { startServer } from "../helpers/server.ts";
 import type { TestDb } from "../helpers/db.ts";
 
 process.env.GRAPHILE_ENV ??= "production";
+// `npm run bench -- memory` / `-- abuse`: the hardening benchmarks (their own files, runnable alone).
+const only = ["memory", "abuse"].find((b) => process.argv.includes(b));
+if (only) {
+  await import(`./${only}.ts`);
+  process.exit(0);
+}
 const { startSession } = await import("../helpers/identity.ts");
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 50);
 const small = process.argv.includes("--small");

@@ -92,6 +92,21 @@ describe("time budget", () => {
   });
 });
 
+describe("time budget of jobs", () => {
+  test("the worker's connections carry JOB_STATEMENT_TIMEOUT_MS, separate from the requests' budget", async () => {
+    const { loadConfig } = await import("../../src/config.ts");
+    const { jobStatementTimeout } = await import("../../src/service.ts");
+    const config = loadConfig({ NODE_ENV: "test", JOB_STATEMENT_TIMEOUT_MS: "1234", STATEMENT_TIMEOUT_MS: "99" });
+    const pool = new pg.Pool({ connectionString: db.ownerUrl, max: 1, ...jobStatementTimeout(config) });
+    try {
+      expect((await pool.query("show statement_timeout")).rows[0].statement_timeout).toBe("1234ms");
+      await expect(pool.query("select pg_sleep(2)")).rejects.toMatchObject({ code: "57014" });
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
 describe("cancellation", () => {
   test("a request whose client goes away is cancelled in PostgreSQL and rolled back", async () => {
     const s = await serve({ STATEMENT_TIMEOUT_MS: "60000" });
