@@ -10,7 +10,32 @@
 --
 -- Only requests are checked (current_user = crm_user): migrations, seeds and SECURITY DEFINER
 -- business functions run as the owner and check what they need themselves. A hidden reference is
--- refused like the policies refuse one (42501 → FORBIDDEN), naming the field.
+-- refused like the policies refuse one (42501 → FORBIDDEN), naming the field; a reference to a row
+-- that does not exist at all is left to the foreign key (23503 → VALIDATION, "… does not refer to an
+-- existing record."), which a SECURITY DEFINER helper tells apart within the caller's organization.
+create or replace function crm.reference_exists(tbl regclass, cols text[], vals text[]) returns boolean
+  language plpgsql stable security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  found boolean;
+begin
+  -- Tenant-owned tables of crm only, and only within the caller's organization.
+  if not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                  where c.oid = tbl and n.nspname = 'crm'
+                    and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'organization_id' and not a.attisdropped))
+     or crm.current_org_id() is null or cardinality(cols) <> cardinality(vals) then
+    return false;
+  end if;
+  execute format('select exists (select 1 from %s p where p.organization_id = $1 and %s)', tbl,
+                 (select string_agg(format('p.%I::text = $2[%s]', c, i), ' and ') from unnest(cols) with ordinality x(c, i)))
+     using crm.current_org_id(), vals into found;
+  return found;
+end
+$$;
+comment on function crm.reference_exists(regclass, text[], text[]) is E'@behavior -queryField -mutationField\nWhether a row exists in the caller''s organization, visible or not (used by the reference guard to tell "hidden" from "missing").';
+grant execute on function crm.reference_exists(regclass, text[], text[]) to crm_user;
+
 create or replace function crm_private.tg_references_visible() returns trigger
   language plpgsql
   set search_path = pg_catalog, pg_temp
@@ -46,6 +71,9 @@ begin
                    (select string_agg(format('p.%I = ($1->>%L)::%s', pc, c, t), ' and ')
                       from unnest(fk.parent_cols, fk.cols, fk.parent_types) x(pc, c, t)))
        using new_row into visible;
+    -- Missing altogether: the foreign key answers (VALIDATION), as it always did.
+    continue when not visible and not crm.reference_exists(fk.parent::regclass, fk.parent_cols,
+                                    array(select new_row->>c from unnest(fk.cols) c));
     if not visible then
       raise exception 'You may not refer to that record.'
         using errcode = '42501',

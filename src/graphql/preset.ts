@@ -229,7 +229,9 @@ function codeHttpError<T extends BufferResult>(result: T): T {
   const errors = body.errors.map(({ extensions: { statusCode: _status, ...extensions } = {}, ...e }) => {
     const code =
       extensions.code ??
-      (/Persisted operations are enabled/.test(e.message) ? "TRUSTED_DOCUMENT_REQUIRED" : (HTTP_ERROR_CODES[result.statusCode] ?? "BAD_REQUEST"));
+      (/Persisted operations are enabled/.test(e.message)
+        ? "TRUSTED_DOCUMENT_REQUIRED"
+        : (HTTP_ERROR_CODES[result.statusCode] ?? (result.statusCode >= 500 ? "INTERNAL" : "BAD_REQUEST")));
     const message = code === "TRUSTED_DOCUMENT_REQUIRED" ? "This server accepts trusted documents only: send the id of a registered document." : e.message;
     return { ...e, message, extensions: { ...extensions, code } };
   });

@@ -5,6 +5,7 @@ import crypto from "node:crypto";
 import { GraphQLError } from "postgraphile/graphql";
 import { SafeError } from "postgraphile/grafast";
 import type { Logger } from "pino";
+import { ClientGoneError } from "./cancel.ts";
 
 export type ErrorCode =
   | "VALIDATION"
@@ -197,6 +198,8 @@ export function makeMaskError(logger: Logger, metrics?: ErrorMetrics) {
       const code = (error.extensions?.code as string | undefined) ?? "GRAPHQL_VALIDATION";
       return callerError(code, error, error.message, { ...error.extensions });
     }
+    // The client went away and its request was cancelled: nobody reads this answer.
+    if (original instanceof ClientGoneError) return callerError("CLIENT_GONE", error, original.message, {});
     const errorId = crypto.randomUUID();
     metrics?.countError("INTERNAL");
     logger.error(

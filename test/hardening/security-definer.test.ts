@@ -46,6 +46,10 @@ const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown> = 
   // The task is the target; the assignee is someone the caller may assign (themselves), so the call
   // reaches the task's scope check instead of stopping at "not a member".
   "crm.assign_task.assignee_id": (_t, caller) => caller,
+  // The reference guard's existence helper: asked about the target's customer.
+  "crm.reference_exists.tbl": () => "crm.customers",
+  "crm.reference_exists.cols": () => ["id"],
+  "crm.reference_exists.vals": (t) => [t.org.customerId],
 };
 
 /** Functions that answer success by design whatever they are given; only "nothing of A changed" is checked. */
