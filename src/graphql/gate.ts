@@ -396,11 +396,9 @@ export class DocumentGate {
     variables: Record<string, unknown> | null | undefined,
   ): GraphQLError | null {
     const vars = variables ?? {};
+    // Counted and logged by maskError, like every error answered after this point.
     const nul = findNul(vars, []);
-    if (nul) {
-      this.opts.onInvalid?.("VALIDATION");
-      return nulCharacterError(nul);
-    }
+    if (nul) return nulCharacterError(nul);
     const ops = operationsOf(document);
     const op = operationName ? ops.find((o) => o.name?.value === operationName) : ops.length === 1 ? ops[0] : undefined;
     if (!op) return null;
@@ -408,10 +406,7 @@ export class DocumentGate {
     const measure = new Measure(document, schema, vars, op, { defaultPage: this.opts.defaultPageSize });
     const items = measure.itemCount(op.selectionSet, root ?? undefined);
     const max = this.opts.limits.maxListItems;
-    if (items > max) {
-      this.opts.onRefused?.("listItems");
-      return tooComplex("listItems", max, items);
-    }
+    if (items > max) return tooComplex("listItems", max, items);
     return null;
   }
 }

@@ -166,7 +166,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
 
   app.use("/graphql", rateLimits.byPrincipal);
 
-  const maskError = makeMaskError(logger, metrics);
+  const maskError = makeMaskError(logger, metrics, { suggestions: config.hardening.fieldSuggestions });
   const preset = makePreset({
     authPool: deps.authPool,
     auth: authPluginOptions(config, deps.jwtSecret),

@@ -151,7 +151,7 @@ export interface ErrorMetrics {
   countError: (code: string) => void;
 }
 
-export function makeMaskError(logger: Logger, metrics?: ErrorMetrics) {
+export function makeMaskError(logger: Logger, metrics?: ErrorMetrics, opts: { suggestions?: boolean } = {}) {
   /** Errors a caller caused: logged below warn (they are not faults of the server), with an id. */
   const callerError = (code: string, error: GraphQLError, message: string, extensions: Record<string, unknown>, original?: Error) => {
     metrics?.countError(code);
@@ -196,7 +196,8 @@ export function makeMaskError(logger: Logger, metrics?: ErrorMetrics) {
     // a GraphQLError, such as a variable of the wrong type ("Int cannot represent …").
     if (!original || original instanceof GraphQLError) {
       const code = (error.extensions?.code as string | undefined) ?? "GRAPHQL_VALIDATION";
-      return callerError(code, error, error.message, { ...error.extensions });
+      const message = opts.suggestions === false ? error.message.replace(/\s*Did you mean [^?]*\?$/, "") : error.message;
+      return callerError(code, error, message, { ...error.extensions });
     }
     // The client went away and its request was cancelled: nobody reads this answer.
     if (original instanceof ClientGoneError) return callerError("CLIENT_GONE", error, original.message, {});
