@@ -8,7 +8,7 @@ import type { Runner } from "graphile-worker";
 import type { Config } from "./config.ts";
 import type { Logger } from "./logger.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "./db/embedded.ts";
-import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "./db/bootstrap.ts";
+import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "./db/bootstrap.ts";
 import { createApp, type App } from "./http/app.ts";
 import { startWorker } from "../worker/runner.ts";
 import { makePrincipalResolver } from "./auth/principal.ts";
@@ -116,7 +116,13 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
   if (connections.embedded) cleanups.push(() => connections.embedded!.stop());
   try {
     if (config.migrateOnStart) {
-      await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
+      const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
+      await migrate(connections.ownerUrl, log);
+      // On the embedded development database, the migration being written (migrations/current/) is
+      // applied on top, as the tests do, so `npm start` runs the work in progress. Never in production.
+      if (connections.embedded && !config.isProduction && (await applyCurrentMigration(connections.ownerUrl, log))) {
+        logger.info("migrations/current/ (uncommitted) applied");
+      }
     }
     const ownerPool = new pg.Pool({
       connectionString: connections.ownerUrl,
