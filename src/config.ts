@@ -2,6 +2,7 @@
 // docs/configuration.md lists them; test/foundation/docs.test.ts keeps the two in step.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import type { GraphqlLimits } from "./graphql/gate.ts";
 
 export const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -74,6 +75,8 @@ export interface Config {
   /** PostGraphile's named prepared statements; off behind PgBouncer < 1.21 in transaction mode. */
   pgPreparedStatements: boolean;
   realtime: RealtimeConfig;
+  /** Abuse limits: cost budget, caches, trusted documents, rate and time limits (docs/security.md). */
+  hardening: HardeningConfig;
 }
 
 /** Subscriptions, webhooks, CSV import/export (docs/realtime.md, docs/integrations.md). */
@@ -94,6 +97,28 @@ export interface RealtimeConfig {
   importMaxBytes: number;
   /** Imports with more rows than this run as a background job (202); smaller ones answer when done. */
   importSyncMaxRows: number;
+}
+
+export interface HardeningConfig {
+  graphqlLimits: GraphqlLimits;
+  /** Schema introspection (GraphiQL needs it); off by default in production. */
+  introspection: boolean;
+  /** "Did you mean …" suggestions in validation errors; off by default in production. */
+  fieldSuggestions: boolean;
+  /** Documents whose parse and validation result is cached (LRU). */
+  documentCacheSize: number;
+  /** Operations whose plans Grafast caches (LRU), and plans kept per operation. */
+  planCacheOperations: number;
+  planCachePlansPerOperation: number;
+  /** Planning is synchronous (it blocks the event loop): longer than this, and it is aborted. */
+  planningTimeoutMs: number;
+  /** Trusted documents: only operations registered in `directory` (by hash) are accepted. */
+  trustedDocuments: { enabled: boolean; directory: string | undefined };
+  rateLimit: { enabled: boolean; windowSeconds: number; perAddress: number; perPrincipal: number };
+  /** statement_timeout of every API request's transaction (crm_user / crm_anonymous). */
+  statementTimeoutMs: number;
+  /** statement_timeout of the worker's connections (jobs). */
+  jobStatementTimeoutMs: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
@@ -241,6 +266,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     graphiqlDemoSignIn: bool(env, "GRAPHIQL_DEMO_SIGN_IN", true),
     pgPreparedStatements: bool(env, "PG_PREPARED_STATEMENTS", true),
     realtime: realtimeConfig(env, isProduction),
+    hardening: hardeningConfig(env, nodeEnv),
   };
 }
 
@@ -259,5 +285,41 @@ function realtimeConfig(env: NodeJS.ProcessEnv, isProduction: boolean): Realtime
     webhookDisableAfterFailures: int(env, "WEBHOOK_DISABLE_AFTER_FAILURES", 15, 1, 1000),
     importMaxBytes: int(env, "IMPORT_MAX_BYTES", 512 * 1024 * 1024, 1024, 4 * 1024 * 1024 * 1024),
     importSyncMaxRows: int(env, "IMPORT_SYNC_MAX_ROWS", 20_000, 0, 10_000_000),
+  };
+}
+
+/** Defaults are sized so every query in the docs, the tests and GraphiQL's introspection pass. */
+function hardeningConfig(env: NodeJS.ProcessEnv, nodeEnv: string): HardeningConfig {
+  const production = nodeEnv === "production";
+  const trustedDocuments = bool(env, "TRUSTED_DOCUMENTS", false);
+  const trustedDir = env.TRUSTED_DOCUMENTS_DIR ? path.resolve(ROOT_DIR, env.TRUSTED_DOCUMENTS_DIR) : undefined;
+  if (trustedDocuments && !trustedDir) throw new ConfigError("TRUSTED_DOCUMENTS=true needs TRUSTED_DOCUMENTS_DIR (a folder of <hash>.graphql files)");
+  return {
+    graphqlLimits: {
+      maxDocumentBytes: int(env, "GRAPHQL_MAX_DOCUMENT_BYTES", 50_000, 100, 10_000_000),
+      maxTokens: int(env, "GRAPHQL_MAX_TOKENS", 5_000, 10, 1_000_000),
+      maxDepth: int(env, "GRAPHQL_MAX_DEPTH", 15, 1, 1_000),
+      maxAliases: int(env, "GRAPHQL_MAX_ALIASES", 30, 0, 100_000),
+      maxDirectives: int(env, "GRAPHQL_MAX_DIRECTIVES", 20, 0, 100_000),
+      maxRootFields: int(env, "GRAPHQL_MAX_ROOT_FIELDS", 20, 1, 100_000),
+      maxFields: int(env, "GRAPHQL_MAX_FIELDS", 1_000, 1, 10_000_000),
+      maxListItems: int(env, "GRAPHQL_MAX_LIST_ITEMS", 20_000, 1, 1_000_000_000),
+    },
+    introspection: bool(env, "GRAPHQL_INTROSPECTION", !production),
+    fieldSuggestions: bool(env, "GRAPHQL_FIELD_SUGGESTIONS", !production),
+    documentCacheSize: int(env, "GRAPHQL_DOCUMENT_CACHE_SIZE", 200, 2, 100_000),
+    planCacheOperations: int(env, "GRAPHQL_PLAN_CACHE_SIZE", 100, 2, 100_000),
+    planCachePlansPerOperation: int(env, "GRAPHQL_PLANS_PER_OPERATION", 10, 1, 1_000),
+    planningTimeoutMs: int(env, "GRAPHQL_PLANNING_TIMEOUT_MS", 2_000, 10, 600_000),
+    trustedDocuments: { enabled: trustedDocuments, directory: trustedDir },
+    rateLimit: {
+      // Off under NODE_ENV=test so the suites are never throttled; the limiter's own tests turn it on.
+      enabled: bool(env, "RATE_LIMIT", nodeEnv !== "test"),
+      windowSeconds: int(env, "RATE_LIMIT_WINDOW_SECONDS", 60, 1, 86_400),
+      perAddress: int(env, "RATE_LIMIT_PER_ADDRESS", 1_200, 1, 10_000_000),
+      perPrincipal: int(env, "RATE_LIMIT_PER_PRINCIPAL", 600, 1, 10_000_000),
+    },
+    statementTimeoutMs: int(env, "STATEMENT_TIMEOUT_MS", 15_000, 0, 3_600_000),
+    jobStatementTimeoutMs: int(env, "JOB_STATEMENT_TIMEOUT_MS", 600_000, 0, 86_400_000),
   };
 }

@@ -8,7 +8,7 @@ import type { Runner } from "graphile-worker";
 import type { Config } from "./config.ts";
 import type { Logger } from "./logger.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "./db/embedded.ts";
-import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "./db/bootstrap.ts";
+import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "./db/bootstrap.ts";
 import { createApp, type App } from "./http/app.ts";
 import { startWorker } from "../worker/runner.ts";
 import { makePrincipalResolver } from "./auth/principal.ts";
@@ -94,6 +94,12 @@ export async function resolveJwtSecret(config: Config): Promise<string> {
   return readOrCreateSecret(path.join(config.embedded.dataDir, "jwt-secret"), () => crypto.randomBytes(48).toString("base64url"));
 }
 
+/** statement_timeout for the worker's (owner) connections: JOB_STATEMENT_TIMEOUT_MS, 0 = none. */
+export function jobStatementTimeout(config: Config): { options?: string } {
+  const ms = config.hardening.jobStatementTimeoutMs;
+  return ms > 0 ? { options: `-c statement_timeout=${ms}` } : {};
+}
+
 export interface Service {
   /** Absent in a cluster primary, which serves no HTTP itself. */
   app?: App;
@@ -118,9 +124,20 @@ export async function startService(config: Config, logger: Logger, opts: StartOp
   if (connections.embedded) cleanups.push(() => connections.embedded!.stop());
   try {
     if (config.migrateOnStart) {
-      await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
+      const log = { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m) };
+      await migrate(connections.ownerUrl, log);
+      // On the embedded development database, the migration being written (migrations/current/) is
+      // applied on top, as the tests do, so `npm start` runs the work in progress. Never in production.
+      if (connections.embedded && !config.isProduction && (await applyCurrentMigration(connections.ownerUrl, log))) {
+        logger.info("migrations/current/ (uncommitted) applied");
+      }
     }
-    const ownerPool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.worker === "inline" ? config.workerConcurrency + 3 : 3 });
+    const ownerPool = new pg.Pool({
+      connectionString: connections.ownerUrl,
+      max: config.worker === "inline" ? config.workerConcurrency + 3 : 3,
+      // The jobs' time budget (the API's requests have their own, per transaction).
+      ...jobStatementTimeout(config),
+    });
     ownerPool.on("error", (err) => logger.error({ err }, "owner pool error"));
     ownerPool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "owner connection error")));
     cleanups.push(() => ownerPool.end());

@@ -70,6 +70,8 @@ export function verifyToken(config: Config, jwtSecret: string, token: string): {
       issuer: config.jwt.issuer,
       audience: config.jwt.audience,
     }) as TokenClaims;
+    // jsonwebtoken accepts a token without `exp`; an access token that never expires is refused.
+    if (typeof claims.exp !== "number") throw new Error("tokens must expire");
     return { source: "cairn", claims };
   } catch (e) {
     ownError = e;
@@ -121,6 +123,8 @@ export async function pgSettingsFor(
   opts: ResolveOptions = {},
 ): Promise<Record<string, string>> {
   const settings: Record<string, string> = { role: "crm_anonymous", ...authSettings(config) };
+  // The time budget of the request's transaction (SET LOCAL): exceeding it cancels the statement.
+  if (config.hardening.statementTimeoutMs > 0) settings.statement_timeout = String(config.hardening.statementTimeoutMs);
   if (req.requestId) settings["cairn.request_id"] = req.requestId;
   if (req.clientIp) settings["cairn.client_ip"] = req.clientIp;
   if (req.userAgent) settings["cairn.user_agent"] = req.userAgent.slice(0, 500);
@@ -150,4 +154,17 @@ export async function pgSettingsFor(
   if (principal.organizationId) settings["jwt.claims.org"] = principal.organizationId;
   if (principal.sessionId) settings["jwt.claims.sid"] = principal.sessionId;
   return settings;
+}
+
+/**
+ * The user a request's settings name: the verified claims, or the token's subject while its session
+ * check is still pending (GraphQL over HTTP checks it inside the request's transaction).
+ */
+export function principalUserId(settings: Record<string, string> | undefined): string | undefined {
+  if (!settings) return undefined;
+  if (settings["jwt.claims.sub"]) return settings["jwt.claims.sub"];
+  const pending = settings["cairn.pending_claims"];
+  if (!pending) return undefined;
+  const sub = (JSON.parse(pending) as { sub?: unknown }).sub;
+  return typeof sub === "string" ? sub : undefined;
 }

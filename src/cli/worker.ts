@@ -8,10 +8,10 @@ import { startWorker } from "../../worker/runner.ts";
 const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
 process.env.GRAPHILE_ENV ??= "production";
-const { resolveConnections } = await import("../service.ts");
+const { resolveConnections, jobStatementTimeout } = await import("../service.ts");
 const connections = await resolveConnections(config, logger);
 if (config.migrateOnStart) await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
-const pool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.workerConcurrency + 2 });
+const pool = new pg.Pool({ connectionString: connections.ownerUrl, max: config.workerConcurrency + 2, ...jobStatementTimeout(config) });
 pool.on("error", (err) => logger.error({ err }, "owner pool error"));
 pool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, "owner connection error")));
 // Tenant jobs run their transactions on the authenticator connection (as crm_user, like requests).

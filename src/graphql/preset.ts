@@ -2,6 +2,8 @@
 // `crm` schema, introspected and executed as crm_authenticator (each request SET LOCAL ROLE).
 import type { Pool } from "pg";
 import type { GraphQLError, OperationDefinitionNode } from "postgraphile/graphql";
+import { isAsyncIterable, isPromiseLike } from "postgraphile/grafast";
+import { PersistedPlugin } from "@grafserv/persisted";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PgSimplifyInflectionPreset } from "@graphile/simplify-inflection";
@@ -10,6 +12,9 @@ import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { makeAuthPlugin, type AuthPluginOptions } from "./plugins/auth.ts";
 import { makePaginationPlugin } from "./plugins/pagination.ts";
 import { TenantKeyInflectionPlugin } from "./plugins/inflection.ts";
+import { NotFoundOnUpdatePlugin } from "./plugins/not-found.ts";
+import type { DocumentGate } from "./gate.ts";
+import { answerWith, graphqlRequestState, type GraphqlRequestState } from "./request-state.ts";
 import { invalidSessions } from "../auth/request-settings.ts";
 import { requestScope } from "../logger.ts";
 import { makeRealtimePlugins, type RealtimePluginOptions } from "./plugins/realtime.ts";
@@ -26,7 +31,11 @@ export interface PresetOptions {
   maskError?: (error: GraphQLError) => GraphQLError;
   context?: (requestContext: Partial<Grafast.RequestContext>, args: Grafast.ExecutionArgs) => Promise<Partial<Grafast.Context>>;
   onOperation?: (type: string) => void;
-  onInvalidDocument?: () => void;
+  /** The document gate (cost budget, validation, document cache); without it grafserv's defaults apply. */
+  gate?: DocumentGate;
+  planCache?: { operations: number; plansPerOperation: number };
+  planningTimeoutMs?: number;
+  trustedDocuments?: { enabled: boolean; directory: string | undefined };
   /** Headers Ruru's headers pane starts with on each page load (the demo sign-in). */
   graphiqlHeaders?: () => Promise<Record<string, string> | undefined>;
   /** Subscriptions (limits) and the webhook settings SQL sees; defaults for schema export. */
@@ -54,46 +63,67 @@ export const ALLOWED_FILTER_OPERATORS = [
 ];
 
 export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
-  const OperationCountPlugin: GraphileConfig.Plugin = {
-    name: "CairnOperationCountPlugin",
+  const gate = opts.gate;
+  const RequestPlugin: GraphileConfig.Plugin = {
+    name: "CairnRequestPlugin",
     version: "1.0.0",
     grafserv: {
       middleware: {
-        // Syntax and validation errors never reach maskError: give them their stable code here.
+        // Every layer below records the status the response must have (graphqlRequestState), so the
+        // response is corrected here without parsing its body again.
         async processRequest(next) {
-          const result = await next();
-          if (!result || (result.statusCode !== 400 && result.statusCode !== 200)) return result;
-          if (result.type !== "json" && result.type !== "buffer") return result;
-          let body: { data?: unknown; errors?: { message: string; extensions?: Record<string, unknown> }[] };
-          try {
-            body = result.type === "json" ? (result.json as typeof body) : JSON.parse(result.buffer.toString("utf8"));
-          } catch {
-            return result;
+          const state: GraphqlRequestState = {};
+          const result = await graphqlRequestState.run(state, next);
+          if (!result) return result;
+          if (state.status !== undefined && result.type !== "noContent") return { ...result, statusCode: state.status };
+          if (result.statusCode >= 400 && result.type === "buffer") return codeHttpError(result);
+          return result;
+        },
+        // Documents are parsed and validated by the gate (budget first, then validation; bounded cache).
+        setPreset(next, event) {
+          if (gate) {
+            const getExecutionConfig = event.getExecutionConfig;
+            event.getExecutionConfig = function (this: unknown, ctx) {
+              const swap = (c: Awaited<ReturnType<typeof getExecutionConfig>>) => ({
+                ...c,
+                parseAndValidate: (query: string) => {
+                  const result = gate.parseAndValidate(c.schema, query);
+                  if (result.errors) answerWith(400);
+                  return result;
+                },
+              });
+              const config = getExecutionConfig.call(this as never, ctx);
+              return isPromiseLike(config) ? Promise.resolve(config).then(swap) : swap(config);
+            };
           }
-          // Parse/validation failures are the only results with errors and no `data` key at all.
-          if (!Array.isArray(body?.errors) || "data" in body || body.errors.some((e) => e.extensions?.code)) return result;
-          opts.onInvalidDocument?.();
-          const fixed = { ...body, errors: body.errors.map((e) => ({ ...e, extensions: { ...e.extensions, code: "GRAPHQL_VALIDATION" } })) };
-          if (result.type === "json") return { ...result, json: fixed as never };
-          const buffer = Buffer.from(JSON.stringify(fixed));
-          const headers = Object.fromEntries(Object.entries(result.headers).filter(([k]) => k.toLowerCase() !== "content-length"));
-          return { ...result, headers: { ...headers, "content-length": String(buffer.length) }, buffer };
+          return next();
         },
       },
     },
     grafast: {
       middleware: {
-        execute(next, event) {
-          const doc = event.args.document;
+        async execute(next, event) {
+          const { args } = event;
+          const doc = args.document;
           const op = doc.definitions.find(
-            (d): d is OperationDefinitionNode =>
-              d.kind === "OperationDefinition" && (!event.args.operationName || d.name?.value === event.args.operationName),
+            (d): d is OperationDefinitionNode => d.kind === "OperationDefinition" && (!args.operationName || d.name?.value === args.operationName),
           );
           opts.onOperation?.(op?.operation ?? "unknown");
-          return next();
+          const refused = gate?.checkVariables(args.schema, doc, args.operationName, args.variableValues as Record<string, unknown>);
+          if (refused) {
+            answerWith(400);
+            return { errors: [refused] };
+          }
+          const result = await next();
+          // A request error (e.g. a variable of the wrong type) has errors and no `data` at all.
+          if (!isAsyncIterable(result) && result.errors && !("data" in result && result.data !== undefined)) answerWith(400);
+          return result;
         },
-        subscribe(next) {
+        subscribe(next, event) {
           opts.onOperation?.("subscription");
+          const { args } = event;
+          const refused = gate?.checkVariables(args.schema, args.document, args.operationName, args.variableValues as Record<string, unknown>);
+          if (refused) return { errors: [refused] };
           return next();
         },
       },
@@ -139,12 +169,38 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
       },
     },
   };
+  // Grafast caches operation plans per schema: bounded by count (documented defaults).
+  const PlanCachePlugin: GraphileConfig.Plugin = {
+    name: "CairnPlanCachePlugin",
+    version: "1.0.0",
+    schema: {
+      hooks: {
+        GraphQLSchema(config) {
+          const extensions = (config.extensions ?? {}) as Record<string, any>;
+          return {
+            ...config,
+            extensions: {
+              ...extensions,
+              grafast: {
+                ...extensions.grafast,
+                operationsCacheMaxLength: opts.planCache?.operations ?? 100,
+                operationOperationPlansCacheMaxLength: opts.planCache?.plansPerOperation ?? 10,
+              },
+            },
+          };
+        },
+      },
+    },
+  };
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
     plugins: [
       SessionCheckPlugin,
-      OperationCountPlugin,
+      RequestPlugin,
       ...(opts.graphiqlHeaders ? [GraphiqlHeadersPlugin] : []),
+      PlanCachePlugin,
+      NotFoundOnUpdatePlugin,
+      ...(opts.trustedDocuments?.enabled ? [PersistedPlugin] : []),
       TenantKeyInflectionPlugin,
       makeAuthPlugin(
         opts.auth ?? { jwtSecret: "schema-export-only", issuer: "cairn", audience: "cairn-api", accessTokenTtlSeconds: 900 },
@@ -183,10 +239,52 @@ export function makePreset(opts: PresetOptions): GraphileConfig.Preset {
       watch: false,
       maxRequestLength: opts.maxRequestBytes,
       ...(opts.maskError ? { maskError: opts.maskError } : {}),
+      ...(opts.trustedDocuments?.enabled
+        ? {
+            persistedOperationsDirectory: opts.trustedDocuments.directory,
+            // Re-read the folder every minute, so a deploy of new documents needs no restart.
+            persistedOperationsDirectoryScanInterval: 60_000,
+            allowUnpersistedOperation: false,
+          }
+        : {}),
     },
     grafast: {
       explain: opts.development,
+      ...(opts.planningTimeoutMs ? { timeouts: { planning: opts.planningTimeoutMs } } : {}),
       ...(opts.context ? { context: opts.context } : {}),
     },
   };
+}
+
+/** Codes for grafserv's own HTTP errors (malformed body, method, media type): rare, small bodies. */
+const HTTP_ERROR_CODES: Record<number, string> = {
+  400: "GRAPHQL_VALIDATION",
+  405: "METHOD_NOT_ALLOWED",
+  406: "NOT_ACCEPTABLE",
+  413: "PAYLOAD_TOO_LARGE",
+  415: "UNSUPPORTED_MEDIA_TYPE",
+};
+
+type BufferResult = { type: "buffer"; statusCode: number; headers: Record<string, string>; buffer: Buffer };
+
+function codeHttpError<T extends BufferResult>(result: T): T {
+  if (result.buffer.length > 64_000) return result;
+  let body: { errors?: { message: string; extensions?: Record<string, unknown> }[] };
+  try {
+    body = JSON.parse(result.buffer.toString("utf8"));
+  } catch {
+    return result;
+  }
+  if (!Array.isArray(body?.errors)) return result;
+  const errors = body.errors.map(({ extensions: { statusCode: _status, ...extensions } = {}, ...e }) => {
+    const code =
+      extensions.code ??
+      (/Persisted operations are enabled/.test(e.message)
+        ? "TRUSTED_DOCUMENT_REQUIRED"
+        : (HTTP_ERROR_CODES[result.statusCode] ?? (result.statusCode >= 500 ? "INTERNAL" : "BAD_REQUEST")));
+    const message = code === "TRUSTED_DOCUMENT_REQUIRED" ? "This server accepts trusted documents only: send the id of a registered document." : e.message;
+    return { ...e, message, extensions: { ...extensions, code } };
+  });
+  const buffer = Buffer.from(JSON.stringify({ ...body, errors }));
+  return { ...result, headers: { ...result.headers, "content-length": String(buffer.length) }, buffer };
 }

@@ -13,6 +13,10 @@ import { requestScope, type Logger } from "../logger.ts";
 import { makePreset } from "../graphql/preset.ts";
 import { authPluginOptions } from "../graphql/plugins/auth.ts";
 import { makeMaskError } from "./errors.ts";
+import { DocumentGate } from "../graphql/gate.ts";
+import { cancellationTag, ClientGoneError, makeCancellation } from "./cancel.ts";
+import { makeRateLimits } from "./rate-limit.ts";
+import { DEFAULT_PAGE_SIZE } from "../graphql/plugins/pagination.ts";
 import { Metrics } from "./metrics.ts";
 import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
 import { mountIntegrationRoutes } from "./integrations.ts";
@@ -130,6 +134,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
     res.send(await metrics.registry.metrics());
   });
 
+  // Abandoned requests are cancelled (their SQL too); rate limits per address, then per principal.
+  const cancellation = makeCancellation(deps.authPool, logger);
+  const rateLimits = makeRateLimits(config.hardening.rateLimit, deps.ownerPool, logger);
+  app.use("/graphql", cancellation.middleware);
+  app.use("/graphql", rateLimits.byAddress);
+
   // Token → pgSettings before GraphQL runs, so a bad token is a clean HTTP 401 with a stable code.
   app.use("/graphql", async (req: Request, res: Response, next: NextFunction) => {
     if (req.method !== "POST" && req.method !== "GET") return next();
@@ -141,6 +151,8 @@ export async function createApp(deps: AppDeps): Promise<App> {
         deps.resolvePrincipal,
         { deferSessionCheck: true },
       );
+      const tag = cancellationTag();
+      if (tag) req.pgSettings.application_name = tag;
       next();
     } catch (e) {
       const err = e as { statusCode?: number; message: string; extensions?: Record<string, unknown> };
@@ -150,12 +162,15 @@ export async function createApp(deps: AppDeps): Promise<App> {
         res.json({ errors: [{ message: err.message, extensions: { code: "UNAUTHENTICATED" } }] });
         return;
       }
+      if (e instanceof ClientGoneError) return;
       req.log.error({ err: e }, "token verification failed");
       res.status(500).json({ errors: [{ message: "Internal error", extensions: { code: "INTERNAL" } }] });
     }
   });
 
-  const maskError = makeMaskError(logger, metrics);
+  app.use("/graphql", rateLimits.byPrincipal);
+
+  const maskError = makeMaskError(logger, metrics, { suggestions: config.hardening.fieldSuggestions });
   const preset = makePreset({
     authPool: deps.authPool,
     auth: authPluginOptions(config, deps.jwtSecret),
@@ -165,9 +180,27 @@ export async function createApp(deps: AppDeps): Promise<App> {
     pageSizeMax: config.pageSizeMax,
     maskError,
     onOperation: (type) => metrics.graphqlOperations.inc({ type }),
-    onInvalidDocument: () => metrics.countError("GRAPHQL_VALIDATION"),
     ...(config.graphiql && deps.graphiqlHeaders ? { graphiqlHeaders: deps.graphiqlHeaders } : {}),
     realtime: { ...config.realtime, onError: (err, message) => logger.warn({ err }, message) },
+    gate: new DocumentGate({
+      limits: config.hardening.graphqlLimits,
+      introspection: config.hardening.introspection,
+      suggestions: config.hardening.fieldSuggestions,
+      cacheSize: config.hardening.documentCacheSize,
+      defaultPageSize: DEFAULT_PAGE_SIZE,
+      // Refused documents are the caller's doing: logged below warn, with an error id.
+      onRefused: (limit) => {
+        metrics.countError("QUERY_TOO_COMPLEX");
+        logger.info({ errorId: crypto.randomUUID(), code: "QUERY_TOO_COMPLEX", limit }, "request refused");
+      },
+      onInvalid: (code) => {
+        metrics.countError(code);
+        logger.info({ errorId: crypto.randomUUID(), code }, "request refused");
+      },
+    }),
+    planCache: { operations: config.hardening.planCacheOperations, plansPerOperation: config.hardening.planCachePlansPerOperation },
+    planningTimeoutMs: config.hardening.planningTimeoutMs,
+    trustedDocuments: config.hardening.trustedDocuments,
     async context(requestContext) {
       const req = requestContext.expressv4?.req as Request | undefined;
       if (req?.pgSettings) return { pgSettings: req.pgSettings };
@@ -226,6 +259,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
         await closed;
         clearTimeout(timer);
         await pgl.release();
+        await cancellation.close();
       })()),
   };
 }

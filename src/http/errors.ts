@@ -6,6 +6,7 @@ import crypto from "node:crypto";
 import { GraphQLError } from "postgraphile/graphql";
 import { SafeError } from "postgraphile/grafast";
 import type { Logger } from "pino";
+import { ClientGoneError } from "./cancel.ts";
 
 export type ErrorCode =
   | "VALIDATION"
@@ -20,6 +21,10 @@ export type ErrorCode =
   | "MEMBERSHIP_DISABLED"
   | "EMAIL_NOT_CONFIRMED"
   | "INVALID_TOKEN"
+  | "GRAPHQL_VALIDATION"
+  | "QUERY_TOO_COMPLEX"
+  | "QUERY_TIMEOUT"
+  | "TRUSTED_DOCUMENT_REQUIRED"
   | "INTERNAL";
 
 /** Application SQLSTATEs raised by our PL/pgSQL (class "CR", never used by PostgreSQL itself). */
@@ -55,6 +60,12 @@ export const STANDARD_SQLSTATES: Record<string, ErrorCode> = {
   "2201B": "VALIDATION", // invalid_regular_expression
   "22030": "VALIDATION", // duplicate_json_object_key_value
   "22032": "VALIDATION", // invalid_json_text
+  "22021": "VALIDATION", // character_not_in_repertoire (e.g. a NUL byte)
+  "22P05": "VALIDATION", // untranslatable_character (\u0000 in JSON)
+  "22025": "VALIDATION", // invalid_escape_sequence
+  "22P03": "VALIDATION", // invalid_binary_representation
+  "54000": "VALIDATION", // program_limit_exceeded (e.g. a value too large for an index)
+  "57014": "QUERY_TIMEOUT", // query_canceled: statement_timeout, or the client went away
   "42501": "FORBIDDEN", // insufficient_privilege, including row-level security violations
   P0002: "NOT_FOUND", // no_data_found
   "55000": "INVALID_STATE", // object_not_in_prerequisite_state
@@ -127,6 +138,10 @@ function messageFor(code: ErrorCode, e: PgErrorLike, field: string | undefined):
     case "40001":
     case "40P01":
       return "The request conflicted with a concurrent change; retry it.";
+    case "57014":
+      return "The operation took too long and was cancelled; nothing it did was kept.";
+    case "54000":
+      return field ? `The value of ${field} is too large.` : "A value is too large.";
     default:
       if (code === "VALIDATION" && /^2[2]/.test(e.code ?? "")) return `Invalid input: ${e.message}`;
       return e.message;
@@ -137,63 +152,56 @@ export interface ErrorMetrics {
   countError: (code: string) => void;
 }
 
-export function makeMaskError(logger: Logger, metrics?: ErrorMetrics) {
+export function makeMaskError(logger: Logger, metrics?: ErrorMetrics, opts: { suggestions?: boolean } = {}) {
+  /** Errors a caller caused: logged below warn (they are not faults of the server), with an id. */
+  const callerError = (code: string, error: GraphQLError, message: string, extensions: Record<string, unknown>, original?: Error) => {
+    metrics?.countError(code);
+    logger.info({ errorId: crypto.randomUUID(), code, path: error.path, message }, "request refused");
+    return new GraphQLError(message, {
+      nodes: error.nodes,
+      source: error.source,
+      positions: error.positions,
+      path: error.path,
+      ...(original ? { originalError: original } : {}),
+      extensions: { ...extensions, code },
+    });
+  };
   return function maskError(error: GraphQLError): GraphQLError {
     const original = error.originalError;
     if (isPgError(original)) {
       const code = APP_SQLSTATES[original.code!] ?? STANDARD_SQLSTATES[original.code!];
       if (code) {
         const field = fieldOf(original);
-        metrics?.countError(code);
-        return new GraphQLError(messageFor(code, original, field), {
-          nodes: error.nodes,
-          source: error.source,
-          positions: error.positions,
-          path: error.path,
-          originalError: original as Error,
-          extensions: {
-            code,
-            ...(field ? { field } : {}),
-            ...(original.hint ? { hint: original.hint } : {}),
-          },
-        });
+        return callerError(
+          code,
+          error,
+          messageFor(code, original, field),
+          { ...(field ? { field } : {}), ...(original.hint ? { hint: original.hint } : {}) },
+          original as Error,
+        );
       }
     }
     if (original instanceof SafeError) {
-      const ext = (original.extensions ?? {}) as Record<string, unknown>;
-      metrics?.countError(String(ext.code ?? "SAFE"));
-      return new GraphQLError(original.message, {
-        nodes: error.nodes,
-        source: error.source,
-        positions: error.positions,
-        path: error.path,
-        originalError: original,
-        extensions: { ...ext },
-      });
+      const ext = { ...((original.extensions ?? {}) as Record<string, unknown>) };
+      delete ext.statusCode;
+      // Grafast's planning timeout (GRAPHQL_PLANNING_TIMEOUT_MS).
+      if (!ext.code && /took too long to plan/.test(original.message)) ext.code = "QUERY_TIMEOUT";
+      // Grafast's own SafeErrors without a code are about the request ("no new values were specified").
+      return callerError(String(ext.code ?? "VALIDATION"), error, original.message, ext, original);
     }
     // A generated update/delete that matched no row the caller may change.
     if (original && /^No values were (deleted|updated) in collection/.test(original.message)) {
-      metrics?.countError("NOT_FOUND");
-      return new GraphQLError("No such record, or you may not change it.", {
-        nodes: error.nodes,
-        source: error.source,
-        positions: error.positions,
-        path: error.path,
-        extensions: { code: "NOT_FOUND" },
-      });
+      return callerError("NOT_FOUND", error, "No such record, or you may not change it.", {});
     }
-    if (!original) {
-      // GraphQL parse/validation errors and other errors produced by GraphQL itself.
+    // GraphQL's own errors: parse/validation errors (no original error), and request errors that wrap
+    // a GraphQLError, such as a variable of the wrong type ("Int cannot represent …").
+    if (!original || original instanceof GraphQLError) {
       const code = (error.extensions?.code as string | undefined) ?? "GRAPHQL_VALIDATION";
-      metrics?.countError(code);
-      return new GraphQLError(error.message, {
-        nodes: error.nodes,
-        source: error.source,
-        positions: error.positions,
-        path: error.path,
-        extensions: { ...error.extensions, code },
-      });
+      const message = opts.suggestions === false ? error.message.replace(/\s*Did you mean [^?]*\?$/, "") : error.message;
+      return callerError(code, error, message, { ...error.extensions });
     }
+    // The client went away and its request was cancelled: nobody reads this answer.
+    if (original instanceof ClientGoneError) return callerError("CLIENT_GONE", error, original.message, {});
     const errorId = crypto.randomUUID();
     metrics?.countError("INTERNAL");
     logger.error(

@@ -42,6 +42,11 @@ describe("catalog rules catch violations", () => {
     ],
     ["viewsNotSecurityInvoker", "create view crm.zz_bad as select 1 as x", "crm.zz_bad"],
     ["tenantJobFunctionsNotInvoker", "create function crm_jobs.zz_bad() returns int language sql security definer set search_path = pg_catalog as 'select 1'", "zz_bad"],
+    [
+      "referencesUnguarded",
+      "create table crm.zz_bad (id uuid primary key, organization_id uuid not null, customer_id uuid, foreign key (organization_id, customer_id) references crm.customers (organization_id, id))",
+      "crm_private.guard_references('crm.zz_bad')",
+    ],
     ["grantedToPublic", "create function crm.zz_pub() returns int language sql as 'select 1'; grant execute on function crm.zz_pub() to public", "zz_pub"],
   ];
   for (const [rule, ddl, expected] of cases) {

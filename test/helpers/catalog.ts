@@ -37,12 +37,14 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.change_member_role": ADMIN,
   "crm.set_member_active": ADMIN,
   "crm.remove_member": ADMIN,
-  "crm.set_user_active": ADMIN,
+  "crm.decline_invitation": "membership by consent: the invited person declines an invitation of another organization (checked: addressed to them)",
+  "crm.my_invitations": "membership by consent: lists the open invitations addressed to the signed-in user, from other organizations",
   "crm.current_permissions": HELPER,
   "crm.has_permission": HELPER,
   "crm.visible_owner_ids": HELPER,
   "crm.my_organization_ids": HELPER,
   "crm.current_org_member_ids": HELPER,
+  "crm.reference_exists": "reference guard helper: tells a hidden row from a missing one, within the caller's organization only",
   "crm.assign_task": WORKFLOW,
   "crm.move_deal_stage": WORKFLOW,
   "crm.delete_customer": TRASH,
@@ -166,6 +168,22 @@ export const catalogRules: Record<string, (db: Q) => Promise<string[]>> = {
     return r
       .filter((f) => !f.pinned || (f.schema === "crm" && !(f.name.replace(/\(.*$/, "") in EXPOSED_SECURITY_DEFINER)))
       .map((f) => `${f.name}${f.pinned ? " (SECURITY DEFINER in crm, not allow-listed)" : " (search_path not pinned)"}`);
+  },
+
+  async referencesUnguarded(db) {
+    // Every table with a foreign key into a tenant-owned table checks that the row it points at is
+    // visible to the caller (migrations/current/120-reference-scope.sql).
+    const r = await rows<{ name: string }>(db, `
+      select c.oid::regclass::text as name
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = 'crm' and c.relkind in ('r', 'p')
+         and exists (select 1 from pg_constraint con
+                      where con.conrelid = c.oid and con.contype = 'f'
+                        and exists (select 1 from pg_attribute x where x.attrelid = con.confrelid and x.attname = 'organization_id' and not x.attisdropped))
+         and not exists (select 1 from pg_trigger t where t.tgrelid = c.oid and t.tgname = '_950_references_visible'
+                           and t.tgfoid = 'crm_private.tg_references_visible'::regproc)
+       order by 1`);
+    return r.map((t) => `${t.name}: add \`select crm_private.guard_references('${t.name}');\` to its migration`);
   },
 
   async viewsNotSecurityInvoker(db) {

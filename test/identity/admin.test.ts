@@ -128,11 +128,15 @@ describe("roles and grants", () => {
 });
 
 describe("members", () => {
-  test("add an existing user, change their role (no escalation), deactivate and remove them", async () => {
-    await createUser(db, "joiner", { email: "joiner@example.test" });
-    const added = await gql(`mutation ($r: UUID!) { addMember(input: { login: "joiner@example.test", roleId: $r }) { result { rowId userId roleId isActive } } }`, { r: org.roles["Sales Representative"] }, admin);
+  test("add an existing user (they accept), change their role (no escalation), deactivate and remove them", async () => {
+    const joiner = await createUser(db, "joiner", { email: "joiner@example.test" });
+    const added = await gql(`mutation ($r: UUID!) { addMember(input: { login: "joiner@example.test", roleId: $r }) { result { rowId email roleId } } }`, { r: org.roles["Sales Representative"] }, admin);
     expect(added.body.errors).toBeUndefined();
-    const m = added.body.data.addMember.result;
+    // Membership by consent: the person accepts the invitation after signing in.
+    const joinerSession = await startSession(db, joiner, null);
+    const accepted = await server.gql<any>(`mutation ($i: UUID!) { acceptInvitation(input: { invitationId: $i }) { session { organizationId } } }`, { i: added.body.data.addMember.result.rowId }, { token: joinerSession.accessToken });
+    expect(accepted.body.data.acceptInvitation.session.organizationId).toBe(org.id);
+    const m = (await gql(`query ($u: UUID!) { organizationMemberships(condition: { userId: $u }) { nodes { rowId isActive } } }`, { u: joiner }, admin)).body.data.organizationMemberships.nodes[0];
     expect(m.isActive).toBe(true);
     const again = await gql(`mutation ($r: UUID!) { addMember(input: { login: "joiner", roleId: $r }) { result { rowId } } }`, { r: org.roles.Viewer }, admin);
     expect(code(again)).toBe("CONFLICT");

@@ -25,7 +25,7 @@ const ANONYMOUS_FUNCTIONS = new Set([
   "crm.confirm_email(text)",
   "crm.request_password_reset(text)",
   "crm.reset_password(text,text)",
-  "crm.accept_invitation(text,text,text,text)",
+  "crm.accept_invitation(text,text,text,text,uuid)",
   "crm.current_user_id()",
   "crm.current_org_id()",
   "crm.current_session_id()",
@@ -195,8 +195,11 @@ describe("GraphQL as organization A's Administrator", () => {
     const team = b.teamId;
     const r1 = await server.gql(`mutation ($id: UUID!) { updateRole(input: { rowId: $id, patch: { name: "pwned" } }) { role { rowId } } }`, { id: role }, { token: tokenA });
     const r2 = await server.gql(`mutation ($id: UUID!) { updateTeam(input: { rowId: $id, patch: { name: "pwned" } }) { team { rowId } } }`, { id: team }, { token: tokenA });
-    // A row the caller cannot see is not there for them: the generated mutation updates nothing.
-    expect([r1.body, r2.body]).toEqual([{ data: { updateRole: { role: null } } }, { data: { updateTeam: { team: null } } }]);
+    // A row the caller cannot see is not there for them: the generated mutation updates nothing and says NOT_FOUND.
+    for (const [r, field] of [[r1, "updateRole"], [r2, "updateTeam"]] as const) {
+      expect(r.body.data).toEqual({ [field]: null });
+      expect(r.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+    }
     const names = await db.owner.query("select name::text from crm.roles where id = $1 union all select name::text from crm.teams where id = $2", [role, team]);
     expect(names.rows.map((r) => r.name)).toEqual(["Custom", "Field sales"]);
   });

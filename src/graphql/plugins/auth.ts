@@ -171,7 +171,10 @@ export function makeAuthPlugin(opts: AuthPluginOptions): GraphileConfig.Plugin {
           newPassword: String!
         }
         input AcceptInvitationInput {
-          token: String!
+          "The token from the invitation e-mail (newcomers, or anyone following the e-mailed link)."
+          token: String
+          "Signed in: the id of an invitation listed in \`myInvitations\` (instead of the token)."
+          invitationId: UUID
           "For a newcomer without an account: the account to create."
           username: String
           password: String
@@ -200,7 +203,7 @@ export function makeAuthPlugin(opts: AuthPluginOptions): GraphileConfig.Plugin {
           resetPassword(input: ResetPasswordInput!): SuccessPayload
           "Change the signed-in user's password; other sessions end."
           changePassword(input: ChangePasswordInput!): SuccessPayload
-          "Join an organization with an invitation token (creating the account for a newcomer)."
+          "Join an organization: with the e-mailed token (creating the account for a newcomer), or signed in, with an invitation id from \`myInvitations\`."
           acceptInvitation(input: AcceptInvitationInput!): AuthPayload
         }
       `,
@@ -270,6 +273,7 @@ export function makeAuthPlugin(opts: AuthPluginOptions): GraphileConfig.Plugin {
                 ["username", "username"],
                 ["password", "password"],
                 ["full_name", "fullName"],
+                ["invitation_id", "invitationId"],
               ],
               authPayload,
             ),
