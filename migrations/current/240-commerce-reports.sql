@@ -73,9 +73,9 @@ begin
     select g::date as period
       from generate_series(date_trunc(step, from_date::timestamp), date_trunc(step, to_date::timestamp), ('1 ' || step)::interval) g
   )
-  select coalesce(array_agg(row(p.period, cu.currency, coalesce(t.n, 0), coalesce(t.revenue, 0), coalesce(t.refunds, 0),
-                                coalesce(t.revenue, 0) - coalesce(t.refunds, 0), coalesce(round(t.revenue / nullif(t.n, 0), 2), 0),
-                                coalesce(t.discounts, 0), coalesce(t.tax, 0))::crm.sales_report_row
+  select coalesce(array_agg(row(p.period, cu.currency, coalesce(t.n, 0), coalesce(t.revenue, 0.00), coalesce(t.refunds, 0.00),
+                                coalesce(t.revenue, 0.00) - coalesce(t.refunds, 0.00), coalesce(round(t.revenue / nullif(t.n, 0), 2), 0.00),
+                                coalesce(t.discounts, 0.00), coalesce(t.tax, 0.00))::crm.sales_report_row
                             order by p.period, cu.currency), '{}')
     into result
     from periods p cross join (select distinct currency from totals) cu
