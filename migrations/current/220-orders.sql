@@ -33,7 +33,6 @@ create table if not exists crm.orders (
   constraint orders_paid_amount_range check (paid_amount >= 0 and paid_amount <= final_amount),
   constraint orders_refunded_amount_range check (refunded_amount >= 0 and refunded_amount <= paid_amount),
   constraint orders_order_number_unique unique (organization_id, order_number),
-  constraint orders_idempotency_key_unique unique (organization_id, idempotency_key),
   constraint orders_organization_id_id_key unique (organization_id, id),
   -- Orders are financial records: a customer with orders cannot be purged.
   constraint orders_customer_fkey foreign key (organization_id, customer_id)
@@ -41,13 +40,14 @@ create table if not exists crm.orders (
   constraint orders_deal_fkey foreign key (organization_id, deal_id)
     references crm.deals (organization_id, id) on delete set null (deal_id)
 );
+-- Only orders placed by createOrder carry a key (imported history does not).
+alter table crm.orders drop constraint if exists orders_idempotency_key_unique;
+create unique index if not exists orders_idempotency_key_unique on crm.orders (organization_id, idempotency_key) where idempotency_key is not null;
 create index if not exists orders_organization_id_customer_id_idx on crm.orders (organization_id, customer_id, ordered_at);
 create index if not exists orders_organization_id_ordered_at_idx on crm.orders (organization_id, ordered_at);
 create index if not exists orders_organization_id_status_idx on crm.orders (organization_id, status);
 create index if not exists orders_organization_id_currency_idx on crm.orders (organization_id, currency);
 create index if not exists orders_organization_id_deal_id_idx on crm.orders (organization_id, deal_id);
-create index if not exists orders_organization_id_created_by_idx on crm.orders (organization_id, created_by);
-create index if not exists orders_organization_id_final_amount_idx on crm.orders (organization_id, final_amount);
 create index if not exists orders_created_by_idx on crm.orders (created_by);
 comment on table crm.orders is E'@behavior -insert -delete +aggregates +groupedAggregates\nA sale to a customer. Created only by createOrder; its status moves through recordPayment, refundOrder and cancelOrder.';
 comment on column crm.orders.organization_id is E'@behavior -update';

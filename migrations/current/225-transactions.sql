@@ -16,12 +16,13 @@ create table if not exists crm.transactions (
   recorded_by uuid default crm.current_user_id() references crm.users (id) on delete set null,
   idempotency_key text constraint transactions_idempotency_key_length check (length(idempotency_key) between 1 and 200),
   created_at timestamptz not null default now(),
-  constraint transactions_idempotency_key_unique unique (organization_id, idempotency_key),
   constraint transactions_organization_id_id_key unique (organization_id, id),
   constraint transactions_order_fkey foreign key (organization_id, order_id) references crm.orders (organization_id, id) on delete cascade,
   constraint transactions_customer_fkey foreign key (organization_id, customer_id)
     references crm.customers (organization_id, id) on delete cascade
 );
+alter table crm.transactions drop constraint if exists transactions_idempotency_key_unique;
+create unique index if not exists transactions_idempotency_key_unique on crm.transactions (organization_id, idempotency_key) where idempotency_key is not null;
 create index if not exists transactions_organization_id_order_id_idx on crm.transactions (organization_id, order_id, received_at);
 create index if not exists transactions_organization_id_customer_id_idx on crm.transactions (organization_id, customer_id, received_at);
 create index if not exists transactions_organization_id_received_at_idx on crm.transactions (organization_id, received_at);

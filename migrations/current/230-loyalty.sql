@@ -16,12 +16,13 @@ create table if not exists crm.loyalty_ledger (
   created_by uuid default crm.current_user_id() references crm.users (id) on delete set null,
   created_at timestamptz not null default now(),
   constraint loyalty_ledger_expires_at_valid check (delta > 0 or expires_at is null),
-  constraint loyalty_ledger_idempotency_key_unique unique (organization_id, idempotency_key),
   constraint loyalty_ledger_customer_fkey foreign key (organization_id, customer_id)
     references crm.customers (organization_id, id) on delete cascade,
   constraint loyalty_ledger_order_fkey foreign key (organization_id, order_id)
     references crm.orders (organization_id, id) on delete set null (order_id)
 );
+alter table crm.loyalty_ledger drop constraint if exists loyalty_ledger_idempotency_key_unique;
+create unique index if not exists loyalty_ledger_idempotency_key_unique on crm.loyalty_ledger (organization_id, idempotency_key) where idempotency_key is not null;
 create index if not exists loyalty_ledger_organization_id_customer_id_idx on crm.loyalty_ledger (organization_id, customer_id, id);
 create index if not exists loyalty_ledger_organization_id_order_id_idx on crm.loyalty_ledger (organization_id, order_id);
 create index if not exists loyalty_ledger_organization_id_created_at_idx on crm.loyalty_ledger (organization_id, created_at);

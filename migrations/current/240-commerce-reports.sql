@@ -15,6 +15,7 @@ create type crm.sales_report_row as (
 );
 comment on type crm.sales_report_row is 'Sales of one period in one currency: orders placed in the period (cancelled ones left out), their final amounts (revenue), what was refunded of them, revenue − refunds, revenue ÷ orders, discounts and tax.';
 
+drop function if exists crm.customer_analytics(date, date, text);
 drop type if exists crm.customer_analytics_report cascade;
 drop type if exists crm.level_count cascade;
 drop type if exists crm.period_count cascade;

@@ -8,7 +8,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
-import { ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../../src/db/bootstrap.ts";
+import { applyCurrentMigration, ensureDatabase, ensureRoles, migrate, withCredentials, withDatabase } from "../../src/db/bootstrap.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../../src/db/embedded.ts";
 import { seedDemoData, settleAfterBulkLoad, SCALE_VOLUME, DEFAULT_VOLUME } from "../../src/db/seed-demo.ts";
 import { startServer } from "../helpers/server.ts";
@@ -44,6 +44,7 @@ const dbUrl = withDatabase(rootUrl, name);
 const ownerUrl = withCredentials(dbUrl, "crm_owner", passwords.owner);
 const authUrl = withCredentials(dbUrl, "crm_authenticator", passwords.authenticator);
 await migrate(ownerUrl);
+await applyCurrentMigration(ownerUrl);
 const owner = new pg.Pool({ connectionString: ownerUrl, max: 4 });
 const db = { ownerUrl, authUrl, owner } as unknown as TestDb;
 
@@ -64,7 +65,8 @@ const member = async (role: string) =>
       [orgId, role],
     )
   ).rows[0]!.user_id;
-const manager = await startSession(db, await member("Sales Manager"), orgId);
+const managerId = await member("Sales Manager");
+const manager = await startSession(db, managerId, orgId);
 const rep = await startSession(db, await member("Sales Representative"), orgId);
 const someCustomer = (
   await owner.query<{ id: string; name: string }>(
@@ -131,6 +133,12 @@ process.stdout.write(
     "",
   ].join("\n"),
 );
+
+// Commerce: createOrder throughput and the commerce reports (test/bench/commerce.ts).
+await (await import("./commerce.ts")).default({
+  db, orgId, small, server: async () => server,
+  callers: [{ name: "Sales Manager", userId: managerId, token: async () => (await startSession(db, managerId, orgId)).accessToken }],
+});
 
 await server.stop();
 await owner.end();

@@ -12,9 +12,9 @@ let db: TestDb;
 let server: TestServer;
 let org: TestOrg;
 let other: SeededTenant;
-const users: Record<string, string> = {};
+const users = {} as Record<"admin" | "manager" | "rep" | "rep2" | "viewer", string>;
 const tokens: Record<string, string> = {};
-const p: Record<string, string> = {};
+const p = {} as Record<"thirds" | "dime" | "one" | "shirt" | "book" | "sticker" | "jacket" | "cap" | "pin" | "old" | "euro", string>;
 let year: number;
 
 type Body = { data?: any; errors?: { message: string; extensions?: Record<string, unknown> }[] };

@@ -10,7 +10,7 @@ let db: TestDb;
 let server: TestServer;
 let org: TestOrg;
 const tokens: Record<string, string> = {};
-const c: Record<string, string> = {};
+const c = {} as Record<"a" | "b" | "c", string>;
 let orderNo = 0;
 
 type Body = { data?: any; errors?: { message: string; extensions?: Record<string, unknown> }[] };
