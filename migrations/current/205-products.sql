@@ -38,6 +38,8 @@ create table if not exists crm.products (
 );
 -- The SKU is unique among live products (a deleted product's SKU can be reused).
 create unique index if not exists products_sku_unique on crm.products (organization_id, sku) where deleted_at is null;
+-- (A partial index gives no filter or ordering in the API; this one does.)
+create index if not exists products_organization_id_sku_idx on crm.products (organization_id, sku);
 create index if not exists products_organization_id_is_active_idx on crm.products (organization_id, is_active);
 create index if not exists products_organization_id_name_idx on crm.products (organization_id, name);
 create index if not exists products_organization_id_category_id_idx on crm.products (organization_id, category_id);

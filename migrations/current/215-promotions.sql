@@ -107,13 +107,16 @@ drop policy if exists promotions_select on crm.promotions;
 create policy promotions_select on crm.promotions for select
   using (organization_id = (select crm.current_org_id())
          and ((select crm.has_permission('promotions:read')) or (select crm.has_permission('orders:create'))));
+-- The product a promotion is limited to must be one the writer sees.
 drop policy if exists promotions_insert on crm.promotions;
 create policy promotions_insert on crm.promotions for insert
-  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:create')));
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:create'))
+              and (product_id is null or exists (select 1 from crm.products p where p.id = promotions.product_id)));
 drop policy if exists promotions_update on crm.promotions;
 create policy promotions_update on crm.promotions for update
   using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:update')))
-  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:update')));
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:update'))
+              and (product_id is null or exists (select 1 from crm.products p where p.id = promotions.product_id)));
 drop policy if exists promotions_delete on crm.promotions;
 create policy promotions_delete on crm.promotions for delete
   using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('promotions:delete')));

@@ -64,6 +64,12 @@ const EDITIONS = ["", " Classic", " Premium", " Eco", " Pro", " Mini", " XL", " 
 /** Deterministic pseudo-random numbers in [0, 1) for the database: u(index, salt). */
 const RAND_FN = `create function pg_temp.seed_u(g bigint, salt int) returns float8 language sql immutable parallel safe
   as $$ select (hashint8extended(g, $SEED$::bigint * 1000 + salt) & 9007199254740991)::float8 / 9007199254740992 $$`;
+/**
+ * Ids that start with their row's time in milliseconds (the rest random, like UUIDv7): rows
+ * written in time order then land at the end of their indexes instead of all over them.
+ */
+const ID_FN = `create function pg_temp.seed_id(t timestamptz) returns uuid language sql volatile
+  as $$ select (lpad(to_hex((extract(epoch from t) * 1000)::bigint), 12, '0') || substr(replace(gen_random_uuid()::text, '-', ''), 13))::uuid $$`;
 
 /**
  * Decides, before the customers are written, how many orders each buying customer gets (their
@@ -153,6 +159,43 @@ export function demoPromotions(orgId: string, currency: string, levelIds: string
 }
 
 /**
+ * Runs `load` with the tables' plain indexes and foreign keys set aside, then builds them again (by
+ * their own definitions, comments included) and validates the keys, one set-based pass each. For a
+ * million rows this is about three times faster than maintaining nine indexes and checking four keys
+ * row by row (measured on 1,000,000 orders). The indexes behind primary keys and unique constraints
+ * stay, so uniqueness is checked as rows arrive. All inside the caller's transaction: readers of these
+ * tables wait until it commits, and a failure restores everything.
+ */
+export async function withIndexesRebuilt<T>(client: pg.ClientBase, tables: string[], log: (m: string) => void, load: () => Promise<T>): Promise<T> {
+  const { rows: indexes } = await client.query<{ name: string; def: string; comment: string | null }>(
+    `select i.indexrelid::regclass::text as name, pg_get_indexdef(i.indexrelid) as def, obj_description(i.indexrelid, 'pg_class') as comment
+       from pg_index i
+      where i.indrelid = any ($1::regclass[]) and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)`,
+    [tables],
+  );
+  const { rows: keys } = await client.query<{ tbl: string; name: string; def: string; comment: string | null }>(
+    `select conrelid::regclass::text as tbl, quote_ident(conname) as name, pg_get_constraintdef(oid) as def, obj_description(oid, 'pg_constraint') as comment
+       from pg_constraint where contype = 'f' and conrelid = any ($1::regclass[])`,
+    [tables],
+  );
+  for (const k of keys) await client.query(`alter table ${k.tbl} drop constraint ${k.name}`);
+  for (const i of indexes) await client.query(`drop index ${i.name}`);
+  const result = await load();
+  const t0 = Date.now();
+  for (const i of indexes) {
+    await client.query(i.def);
+    if (i.comment !== null) await client.query(`comment on index ${i.name} is ${client.escapeLiteral(i.comment)}`);
+  }
+  const t1 = Date.now();
+  for (const k of keys) {
+    await client.query(`alter table ${k.tbl} add constraint ${k.name} ${k.def}`);
+    if (k.comment !== null) await client.query(`comment on constraint ${k.name} on ${k.tbl} is ${client.escapeLiteral(k.comment)}`);
+  }
+  log(`${indexes.length} indexes built in ${t1 - t0} ms, ${keys.length} foreign keys validated in ${Date.now() - t1} ms`);
+  return result;
+}
+
+/**
  * Writes the order history of `customers` (set-based, in the caller's transaction) and returns the
  * numbers of rows written per table.
  */
@@ -178,6 +221,7 @@ export async function writeOrderHistory(
     return r.rowCount ?? 0;
   };
   await client.query(RAND_FN.replace("$SEED$", String(opts.seed >>> 0)));
+  await client.query(ID_FN);
   const nowTs = new Date(now).toISOString();
 
   // One row per order: who, when (uniform between since and until, a fifth in the year-end season),
@@ -185,9 +229,7 @@ export async function writeOrderHistory(
   await timed(
     "plan",
     `create temp table seed_orders on commit drop as
-     select x.g, gen_random_uuid() as id, p.customer_id, p.owner_id, p.level_id,
-            case when pg_temp.seed_u(x.g, 5) < 0.22 and hw.s0 < hw.s1 then hw.s0 + (hw.s1 - hw.s0) * pg_temp.seed_u(x.g, 7)
-                 else w.a + (w.b - w.a) * pg_temp.seed_u(x.g, 8) end as ordered_at,
+     select x.g, pg_temp.seed_id(ot.ordered_at) as id, p.customer_id, p.owner_id, p.level_id, ot.ordered_at,
             case when pg_temp.seed_u(x.g, 2) < 0.45 then 1 when pg_temp.seed_u(x.g, 2) < 0.75 then 2
                  when pg_temp.seed_u(x.g, 2) < 0.92 then 3 else 4 end as lines,
             pg_temp.seed_u(x.g, 3) as u_status, pg_temp.seed_u(x.g, 4) as u_method
@@ -198,7 +240,10 @@ export async function writeOrderHistory(
       cross join lateral (
         select greatest(w.a, make_timestamptz(y, 11, 15, 0, 0, 0, 'UTC')) as s0, least(w.b, make_timestamptz(y + 1, 1, 1, 0, 0, 0, 'UTC')) as s1
           from (select extract(year from w.a)::int
-                       + floor(pg_temp.seed_u(x.g, 6) * (extract(year from w.b) - extract(year from w.a) + 1))::int as y) yy) hw`,
+                       + floor(pg_temp.seed_u(x.g, 6) * (extract(year from w.b) - extract(year from w.a) + 1))::int as y) yy) hw
+      cross join lateral (
+        select case when pg_temp.seed_u(x.g, 5) < 0.22 and hw.s0 < hw.s1 then hw.s0 + (hw.s1 - hw.s0) * pg_temp.seed_u(x.g, 7)
+                    else w.a + (w.b - w.a) * pg_temp.seed_u(x.g, 8) end as ordered_at) ot`,
     [JSON.stringify(plan)],
   );
   // Lines: popular products far more often (index ~ u^2.2), mostly one unit.
@@ -258,64 +303,72 @@ export async function writeOrderHistory(
        from m`,
     [orgId, nowTs, tz],
   );
-  counts.orders = await timed(
-    "orders",
-    `insert into crm.orders (id, organization_id, order_number, customer_id, status, currency, subtotal, discount_total, tax_total,
-                             final_amount, paid_amount, refunded_amount, points_earned, points_reversed, ordered_at, paid_at, cancelled_at,
-                             created_by, created_at, updated_at)
-     select t.id, $1, t.order_number, t.customer_id, t.status, $2, t.subtotal, 0, t.tax, t.final, t.paid, t.refunded, t.points, t.points_reversed,
-            t.ordered_at, case when t.status in ('paid', 'refunded') then t.paid_at end, t.cancelled_at,
-            t.owner_id, t.ordered_at, greatest(t.ordered_at, t.paid_at)
-       from seed_totals t
-      order by t.ordered_at, t.g`,
-    [orgId, opts.currency],
-  );
-  // The counters continue after the numbers given here.
-  await client.query(
-    `insert into crm_private.order_number_counters (organization_id, year, last_value)
-     select $1, y, max(n) from seed_totals group by y
-     on conflict (organization_id, year) do update set last_value = greatest(crm_private.order_number_counters.last_value, excluded.last_value)`,
-    [orgId],
-  );
-  counts.orderItems = await timed(
-    "order_items",
-    `insert into crm.order_items (organization_id, order_id, line_no, product_id, sku, product_name, quantity, list_price, unit_price, tax_rate,
-                                  line_subtotal, line_discount, tax_amount, line_total)
-     select $1, i.order_id, i.line_no, i.product_id, p.sku, p.name, i.qty, i.price, i.price, i.tax_rate, i.line_subtotal, 0, i.tax_amount,
-            i.line_subtotal + i.tax_amount
-       from seed_items i join crm.products p on p.id = i.product_id
-      order by i.order_id, i.line_no`,
-    [orgId],
-  );
-  counts.transactions = await timed(
-    "transactions",
-    `insert into crm.transactions (organization_id, order_id, customer_id, kind, method, amount, currency, received_at, recorded_by, created_at)
-     select $1, t.id, t.customer_id, x.kind, t.method, x.amount, $2, x.at, t.owner_id, x.at
-       from seed_totals t
-      cross join lateral (values ('payment', t.paid, t.paid_at), ('refund', t.refunded, t.refunded_at)) x (kind, amount, at)
-      where x.amount > 0
-      order by x.at`,
-    [orgId, opts.currency],
-  );
-  // Points: earned when ordered, taken back when cancelled or refunded; the balance runs per customer.
-  counts.loyaltyLedger = await timed(
-    "loyalty_ledger",
-    `insert into crm.loyalty_ledger (organization_id, customer_id, delta, reason, order_id, expires_at, balance_after, note, created_by, created_at)
-     select $1, e.customer_id, e.delta, e.reason, e.order_id, e.expires_at,
-            sum(e.delta) over (partition by e.customer_id order by e.at, e.k rows unbounded preceding), e.note, e.owner_id, e.at
-       from (select t.customer_id, t.owner_id, t.id as order_id, t.points as delta, 'order' as reason, t.ordered_at as at, 0 as k,
-                    t.points_expire_at as expires_at, 'Order ' || t.order_number as note
-               from seed_totals t where t.points > 0
-             union all
-             select t.customer_id, t.owner_id, t.id, -t.points_reversed, case when t.status = 'cancelled' then 'cancel' else 'refund' end,
-                    coalesce(t.cancelled_at, t.refunded_at), 1, null, format('Points of order %s taken back', t.order_number)
-               from seed_totals t where t.points_reversed > 0) e
-      order by e.customer_id, e.at, e.k`,
-    [orgId],
-  );
+  // Rebuilding the indexes pays off for a large load into tables that are not larger already.
+  const tables = ["crm.orders", "crm.order_items", "crm.transactions", "crm.loyalty_ledger"];
+  const existing = (await client.query<{ n: number }>("select greatest(reltuples, 0)::float8 as n from pg_class where oid = 'crm.orders'::regclass")).rows[0]!.n;
+  const rebuild = offset >= 100_000 && offset >= existing;
+  const write = (load: () => Promise<void>) => (rebuild ? withIndexesRebuilt(client, tables, opts.log, load) : load());
+  await write(async () => {
+    counts.orders = await timed(
+      "orders",
+      `insert into crm.orders (id, organization_id, order_number, customer_id, status, currency, subtotal, discount_total, tax_total,
+                               final_amount, paid_amount, refunded_amount, points_earned, points_reversed, ordered_at, paid_at, cancelled_at,
+                               created_by, created_at, updated_at)
+       select t.id, $1, t.order_number, t.customer_id, t.status, $2, t.subtotal, 0, t.tax, t.final, t.paid, t.refunded, t.points, t.points_reversed,
+              t.ordered_at, case when t.status in ('paid', 'refunded') then t.paid_at end, t.cancelled_at,
+              t.owner_id, t.ordered_at, greatest(t.ordered_at, t.paid_at)
+         from seed_totals t
+        order by t.ordered_at, t.g`,
+      [orgId, opts.currency],
+    );
+    // The counters continue after the numbers given here.
+    await client.query(
+      `insert into crm_private.order_number_counters (organization_id, year, last_value)
+       select $1, y, max(n) from seed_totals group by y
+       on conflict (organization_id, year) do update set last_value = greatest(crm_private.order_number_counters.last_value, excluded.last_value)`,
+      [orgId],
+    );
+    counts.orderItems = await timed(
+      "order_items",
+      `insert into crm.order_items (id, organization_id, order_id, line_no, product_id, sku, product_name, quantity, list_price, unit_price, tax_rate,
+                                    line_subtotal, line_discount, tax_amount, line_total)
+       select (substr(replace(i.order_id::text, '-', ''), 1, 12) || substr(replace(gen_random_uuid()::text, '-', ''), 13))::uuid, $1, i.order_id, i.line_no, i.product_id, p.sku, p.name, i.qty, i.price, i.price, i.tax_rate, i.line_subtotal, 0, i.tax_amount,
+              i.line_subtotal + i.tax_amount
+         from seed_items i join crm.products p on p.id = i.product_id
+        order by i.order_id, i.line_no`,
+      [orgId],
+    );
+    counts.transactions = await timed(
+      "transactions",
+      `insert into crm.transactions (id, organization_id, order_id, customer_id, kind, method, amount, currency, received_at, recorded_by, created_at)
+       select pg_temp.seed_id(x.at), $1, t.id, t.customer_id, x.kind, t.method, x.amount, $2, x.at, t.owner_id, x.at
+         from seed_totals t
+        cross join lateral (values ('payment', t.paid, t.paid_at), ('refund', t.refunded, t.refunded_at)) x (kind, amount, at)
+        where x.amount > 0
+        order by x.at`,
+      [orgId, opts.currency],
+    );
+    // Points: earned when ordered, taken back when cancelled or refunded; the balance runs per customer.
+    counts.loyaltyLedger = await timed(
+      "loyalty_ledger",
+      `insert into crm.loyalty_ledger (organization_id, customer_id, delta, reason, order_id, expires_at, balance_after, note, created_by, created_at)
+       select $1, e.customer_id, e.delta, e.reason, e.order_id, e.expires_at,
+              sum(e.delta) over (partition by e.customer_id order by e.at, e.k rows unbounded preceding), e.note, e.owner_id, e.at
+         from (select t.customer_id, t.owner_id, t.id as order_id, t.points as delta, 'order' as reason, t.ordered_at as at, 0 as k,
+                      t.points_expire_at as expires_at, 'Order ' || t.order_number as note
+                 from seed_totals t where t.points > 0
+               union all
+               select t.customer_id, t.owner_id, t.id, -t.points_reversed, case when t.status = 'cancelled' then 'cancel' else 'refund' end,
+                      coalesce(t.cancelled_at, t.refunded_at), 1, null, format('Points of order %s taken back', t.order_number)
+                 from seed_totals t where t.points_reversed > 0) e
+        order by e.customer_id, e.at, e.k`,
+      [orgId],
+    );
+  });
   const expired = (await client.query<{ n: number }>("select crm_private.expire_loyalty_points($1) as n", [orgId])).rows[0]!.n;
-  counts.loyaltyLedger += expired;
+  counts.loyaltyLedger = (counts.loyaltyLedger ?? 0) + expired;
   opts.log(`loyalty points expired for ${expired} customers`);
   await client.query("drop function pg_temp.seed_u(bigint, int)");
+  await client.query("drop function pg_temp.seed_id(timestamptz)");
   return counts;
 }

@@ -361,7 +361,8 @@ describe("another organization's records can never be referenced", () => {
     expect((await as("admin", `query ($o: UUID!) { order(rowId: $o) { rowId } }`, { o: other.orderId })).data.order).toBeNull();
     // Composite keys: a promotion or product pointing into the other organization is refused too.
     const scoped = await as("admin", `mutation ($p: UUID!) { createPromotion(input: { promotion: { name: "x", discountType: "percent", discountValue: "5", productId: $p } }) { promotion { rowId } } }`, { p: other.productId });
-    expect([code(scoped), field(scoped)]).toEqual(["VALIDATION", "productId"]);
+    // Refused by the policy (the product is not one the writer sees) before the composite key would.
+    expect(code(scoped)).toBe("FORBIDDEN");
     const categorised = await as("admin", `mutation ($c: UUID!) { createProduct(input: { product: { sku: "X-1", name: "x", unitPrice: "1", categoryId: $c } }) { product { rowId } } }`, {
       c: (await db.owner.query("select id from crm.product_categories where organization_id = $1 limit 1", [other.id])).rows[0].id,
     });

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { asUser, createTestDb, type TestDb } from "../helpers/db.ts";
 import { createOrg, type TestOrg } from "../helpers/identity.ts";
 import { DEFAULT_VOLUME, seedDemoData } from "../../src/db/seed-demo.ts";
+import { withIndexesRebuilt } from "../../src/db/seed-commerce.ts";
 
 let db: TestDb;
 let org: TestOrg;
@@ -161,3 +162,35 @@ describe("order history", () => {
     expect(await fingerprint(b.id)).toBe(fa);
   });
 });
+
+describe("bulk load", () => {
+  test("indexes and foreign keys set aside for a large load come back exactly as they were, comments included", async () => {
+    const tables = ["crm.orders", "crm.order_items", "crm.transactions", "crm.loyalty_ledger"];
+    const shape = async () =>
+      (await db.owner.query(
+        `select string_agg(x, E'\n' order by x) as s from (
+           select pg_get_indexdef(indexrelid) || ' ' || coalesce(obj_description(indexrelid, 'pg_class'), '') as x from pg_index where indrelid = any ($1::regclass[])
+           union all
+           select conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated || ' ' || coalesce(obj_description(oid, 'pg_constraint'), '')
+             from pg_constraint where conrelid = any ($1::regclass[])) y`,
+        [tables],
+      )).rows[0].s as string;
+    const before = await shape();
+    expect(before).toContain("@fieldName creator");
+    const client = await db.owner.connect();
+    try {
+      await client.query("begin");
+      const logged: string[] = [];
+      await withIndexesRebuilt(client, tables, (m) => logged.push(m), async () => {
+        const during = await client.query("select count(*)::int as n from pg_index where indrelid = 'crm.orders'::regclass");
+        expect(during.rows[0].n).toBe(3); // primary key, (organization_id, id), order number
+      });
+      expect(logged[0]).toMatch(/indexes built .* foreign keys validated/);
+      await client.query("commit");
+    } finally {
+      client.release();
+    }
+    expect(await shape()).toBe(before);
+  });
+});
+
