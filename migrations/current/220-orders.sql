@@ -198,15 +198,31 @@ alter table crm.order_items enable row level security;
 alter table crm.order_discounts enable row level security;
 alter table crm.order_events enable row level security;
 
+-- The customers the caller sees through the own/team scopes (policy helper). Policies read it as
+-- `customer_id = any ((select crm.visible_customer_ids())::uuid[])` after a
+-- `(select crm.has_permission('customers:read_all')) or`: evaluated once per statement, and not at
+-- all for holders of customers:read_all. (An EXISTS on customers per order row made the planner
+-- cost a full-organization report at billions and pick slow plans.)
+create or replace function crm.visible_customer_ids() returns uuid[]
+  language sql stable security definer parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(array_agg(c.id), '{}') from crm.customers c
+   where c.organization_id = crm.current_org_id() and c.deleted_at is null
+     and c.owner_id = any (crm.visible_owner_ids('customers'))
+$$;
+comment on function crm.visible_customer_ids() is E'@behavior -queryField -mutationField\nIds of the customers the caller sees through customers:read_own / read_team (policy helper).';
+grant execute on function crm.visible_customer_ids() to crm_user;
+
 drop policy if exists orders_select on crm.orders;
 create policy orders_select on crm.orders for select
   using (organization_id = (select crm.current_org_id())
          and ((select crm.has_permission('orders:read')) or created_by = (select crm.current_user_id()))
-         and ((select crm.has_permission('customers:read_all')) or exists (select 1 from crm.customers c where c.id = orders.customer_id)));
+         and ((select crm.has_permission('customers:read_all')) or customer_id = any ((select crm.visible_customer_ids())::uuid[])));
 drop policy if exists orders_update on crm.orders;
 create policy orders_update on crm.orders for update
   using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('orders:update'))
-         and ((select crm.has_permission('customers:read_all')) or exists (select 1 from crm.customers c where c.id = orders.customer_id)));
+         and ((select crm.has_permission('customers:read_all')) or customer_id = any ((select crm.visible_customer_ids())::uuid[])));
 
 drop policy if exists order_items_select on crm.order_items;
 create policy order_items_select on crm.order_items for select
@@ -257,6 +273,23 @@ drop trigger if exists _100_updated_at on crm.orders;
 create trigger _100_updated_at before update on crm.orders for each row execute function crm_private.tg_set_updated_at();
 drop trigger if exists _800_audit on crm.orders;
 create trigger _800_audit after insert or update or delete on crm.orders for each row execute function crm_private.tg_audit('request_hash');
+
+-- A customer with orders is never purged (the orders stay in the books); say so instead of a
+-- foreign key error.
+create or replace function crm_private.tg_customer_has_orders() returns trigger
+  language plpgsql security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if exists (select 1 from crm.orders o where o.organization_id = old.organization_id and o.customer_id = old.id) then
+    raise exception 'This customer has orders, which are kept; it cannot be purged (it stays deleted).' using errcode = 'CRSTA', column = 'id';
+  end if;
+  return old;
+end
+$$;
+drop trigger if exists _200_has_orders on crm.customers;
+create trigger _200_has_orders before delete on crm.customers
+  for each row execute function crm_private.tg_customer_has_orders();
 
 -- Order events -------------------------------------------------------------------------------------
 create or replace function crm_private.order_event(o crm.orders, event text, amount numeric default null, data jsonb default '{}'::jsonb)

@@ -30,14 +30,19 @@ create type crm.customer_analytics_report as (
 );
 comment on type crm.customer_analytics_report is 'levelDistribution: customers per level now (name null: no level); newCustomers: customers created per period; of the customers with an order (not cancelled) in the window, how many ordered twice or more, and that share (0–1).';
 
+-- work_mem: the planner cannot tell that truncating dates to months leaves few groups, and below
+-- this it sorts a year of a large organization's orders instead of hashing them (measured at
+-- 1,000,000 orders: ~1.3 s sorted, ~1.0 s hashed; the hash table itself stays a few hundred kB).
 create or replace function crm.sales_report(from_date date, to_date date, "interval" text default 'month')
   returns crm.sales_report_row[]
   language plpgsql stable
   set search_path = pg_catalog, pg_temp
+  set work_mem = '128MB'
 as $$
 declare
+  org uuid := crm.current_org_id();
   step text := lower(coalesce(sales_report."interval", 'month'));
-  tz text := coalesce((select o.settings->>'timezone' from crm.organizations o where o.id = crm.current_org_id()), 'UTC');
+  tz text := coalesce((select o.settings->>'timezone' from crm.organizations o where o.id = org), 'UTC');
   result crm.sales_report_row[];
 begin
   if crm.current_user_id() is null then
@@ -64,7 +69,7 @@ begin
     select date_trunc(step, x.ordered_at at time zone tz)::date as period, x.currency, x.final_amount, x.refunded_amount,
            x.discount_total, x.tax_total
       from crm.orders x
-     where x.organization_id = crm.current_org_id() and x.status <> 'cancelled'
+     where x.organization_id = org and x.status <> 'cancelled'
        and x.ordered_at >= (from_date::timestamp at time zone tz) and x.ordered_at < ((to_date + 1)::timestamp at time zone tz)
   ), totals as (
     select period, currency, count(*)::int as n, sum(final_amount) as revenue, sum(refunded_amount) as refunds,
@@ -92,10 +97,11 @@ create or replace function crm.customer_analytics(from_date date default null, t
   set search_path = pg_catalog, pg_temp
 as $$
 declare
+  org uuid := crm.current_org_id();
   step text := lower(coalesce(customer_analytics."interval", 'month'));
   t date := coalesce(to_date, current_date);
   f date := coalesce(from_date, (date_trunc('month', coalesce(to_date, current_date)) - interval '11 months')::date);
-  tz text := coalesce((select o.settings->>'timezone' from crm.organizations o where o.id = crm.current_org_id()), 'UTC');
+  tz text := coalesce((select o.settings->>'timezone' from crm.organizations o where o.id = org), 'UTC');
   result crm.customer_analytics_report;
 begin
   if crm.current_user_id() is null then
@@ -122,11 +128,11 @@ begin
     select coalesce(array_agg(row(x.level_id, x.name, x.rank, x.n)::crm.level_count order by x.rank nulls last), '{}')
       from (select l.id as level_id, l.name::text as name, l.rank, count(c.id)::int as n
               from crm.customer_levels l left join crm.customers c on c.level_id = l.id
-             where l.organization_id = crm.current_org_id()
+             where l.organization_id = org
              group by l.id
             union all
             select null, null, null, count(*)::int from crm.customers c
-             where c.organization_id = crm.current_org_id() and c.level_id is null
+             where c.organization_id = org and c.level_id is null
             having count(*) > 0) x);
   result.new_customers := (
     select coalesce(array_agg(row(p.period, coalesce(n.n, 0))::crm.period_count order by p.period), '{}')
@@ -134,13 +140,13 @@ begin
               from generate_series(date_trunc(step, f::timestamp), date_trunc(step, t::timestamp), ('1 ' || step)::interval) g) p
       left join (select date_trunc(step, c.created_at at time zone tz)::date as period, count(*)::int as n
                    from crm.customers c
-                  where c.organization_id = crm.current_org_id()
+                  where c.organization_id = org
                     and c.created_at >= (f::timestamp at time zone tz) and c.created_at < ((t + 1)::timestamp at time zone tz)
                   group by 1) n on n.period = p.period);
   select count(*)::int, count(*) filter (where k >= 2)::int
     into result.customers_with_orders, result.repeat_customers
     from (select x.customer_id, count(*) as k from crm.orders x
-           where x.organization_id = crm.current_org_id() and x.status <> 'cancelled'
+           where x.organization_id = org and x.status <> 'cancelled'
              and x.ordered_at >= (f::timestamp at time zone tz) and x.ordered_at < ((t + 1)::timestamp at time zone tz)
            group by x.customer_id) per_customer;
   result.repeat_purchase_rate := coalesce(round(result.repeat_customers::numeric / nullif(result.customers_with_orders, 0), 4), 0);

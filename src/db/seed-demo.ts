@@ -23,14 +23,16 @@
 //   tasks._120_workflow, projects._120_completed → completed_at is set for completed rows only
 //   work_logs._300_project_hours → projects.actual_hours is the sum of the generated logs
 //   products._120_defaults → the currency is set explicitly
-//   customers._115_default_level → the level is set explicitly (src/db/seed-commerce.ts decides it
-//                         from the customer's share of the orders)
+// (customers._115_default_level fires only for customers without a level; the generator sets every
+// customer's level, from its share of the orders: src/db/seed-commerce.ts.)
 // The order history (src/db/seed-commerce.ts) is history loaded as an import would: its orders and
 // payments get no audit rows (HISTORY_TRIGGERS are switched off the same way, not replaced).
 // ALTER TABLE … DISABLE TRIGGER (the owner may; session_replication_role would need a superuser) is
 // transactional: other sessions never see the triggers disabled (their writes to these tables wait
 // for the commit), and a failure rolls it back with the rest. Constraints, foreign keys and every
 // other trigger apply as usual (the task-dependency cycle check, …); a trigger added later fires.
+// (A large order history sets its tables' plain indexes and foreign keys aside while it loads and
+// rebuilds and validates them afterwards, in the same transaction: seed-commerce.ts.)
 // test/crm/seed.test.ts checks the result against the triggers themselves.
 import crypto from "node:crypto";
 import type pg from "pg";

@@ -37,6 +37,13 @@ interface Stats {
   errors: number;
 }
 
+let reported = 0;
+/** The first few failures are printed: a benchmark of errors measures nothing. */
+function report(e: unknown): false {
+  if (reported++ < 3) process.stderr.write(`bench request failed: ${e instanceof Error ? e.message : JSON.stringify(e)}\n`);
+  return false;
+}
+
 function percentile(sorted: number[], p: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
 }
@@ -46,13 +53,15 @@ async function load(clients: number, seconds: number, once: (client: number, i: 
   const latencies: number[] = [];
   let errors = 0;
   let i = 0;
+  // Warm-up (plans, caches, connections), untimed.
+  await Promise.all(Array.from({ length: clients }, (_, c) => once(c, i++).catch((e) => report(e))));
   const end = performance.now() + seconds * 1000;
   const started = performance.now();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       while (performance.now() < end) {
         const t0 = performance.now();
-        const ok = await once(c, i++).catch(() => false);
+        const ok = await once(c, i++).catch((e) => report(e));
         latencies.push(performance.now() - t0);
         if (!ok) errors++;
       }
@@ -96,7 +105,8 @@ async function asMember<T>(client: pg.PoolClient, userId: string, orgId: string,
 }
 
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : "-");
-const row = (cells: (string | number)[], widths: number[]) => `| ${cells.map((c, i) => String(c).padStart(widths[i]!)).join(" | ")} |`;
+const row = (cells: (string | number)[], widths: number[]) =>
+  `| ${cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]!) : String(c).padStart(widths[i]!))).join(" | ")} |`;
 
 export default async function commerceBench(ctx: CommerceBenchContext): Promise<void> {
   const { db, orgId } = ctx;
@@ -129,7 +139,7 @@ export default async function commerceBench(ctx: CommerceBenchContext): Promise<
         items: lines(i).map((p, k) => ({ productId: p.id, quantity: String(1 + (k % 2)) })),
         key: `bench-http-${run}-${clients}-${i}`,
       }, { token });
-      return !body.body.errors;
+      return body.body.errors ? report(body.body.errors) : true;
     });
     const sql = await load(clients, SECONDS, async (c, i) => {
       const client = await auth.connect();
@@ -155,11 +165,11 @@ export default async function commerceBench(ctx: CommerceBenchContext): Promise<
         const items = lines(i).map((p, k) => {
           const qty = 1 + (k % 2);
           const sub = Math.round(qty * Number(p.price) * 100) / 100;
-          const tax = Math.round(sub * Number(p.tax)) / 100;
-          return { ...p, qty, sub, tax };
+          const taxAmount = Math.round(sub * Number(p.tax)) / 100;
+          return { ...p, qty, sub, taxAmount };
         });
         const subtotal = items.reduce((s, x) => s + x.sub, 0).toFixed(2);
-        const tax = items.reduce((s, x) => s + x.tax, 0).toFixed(2);
+        const tax = items.reduce((s, x) => s + x.taxAmount, 0).toFixed(2);
         const { rows } = await client.query(
           `insert into crm.orders (organization_id, order_number, customer_id, currency, subtotal, tax_total, final_amount, created_by)
            values ($1, $2, $3, $4, $5, $6, $5::numeric + $6::numeric, $7) returning id`,
@@ -172,7 +182,7 @@ export default async function commerceBench(ctx: CommerceBenchContext): Promise<
              from unnest($3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[])
                   with ordinality x (p, s, n, q, pr, t, sub, tx, k)`,
           [orgId, rows[0].id, items.map((x) => x.id), items.map((x) => x.sku), items.map((x) => x.name), items.map((x) => x.qty),
-           items.map((x) => x.price), items.map((x) => x.tax), items.map((x) => x.sub), items.map((x) => x.tax)],
+           items.map((x) => x.price), items.map((x) => x.tax), items.map((x) => x.sub), items.map((x) => x.taxAmount)],
         );
         await client.query("commit");
         return true;
@@ -280,6 +290,11 @@ if (import.meta.main) {
   const dataDir = path.join(os.tmpdir(), `cairn-bench-commerce-${process.pid}`);
   const embedded = rootUrl ? undefined : await startEmbeddedPostgres({ dataDir, port: 57000 + (process.pid % 2000), durable: false });
   rootUrl ??= embedded!.superuserUrl();
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      void (embedded?.stop() ?? Promise.resolve()).finally(() => fs.rm(dataDir, { recursive: true, force: true }).finally(() => process.exit(130)));
+    });
+  }
   const name = "cairn_bench_commerce";
   const admin = new pg.Client({ connectionString: rootUrl });
   await admin.connect();
@@ -305,15 +320,17 @@ if (import.meta.main) {
     `select m.user_id from crm.organization_memberships m join crm.roles r on r.id = m.role_id
       where m.organization_id = $1 and r.name = 'Sales Manager' and m.is_active order by m.created_at limit 1`, [orgId],
   )).rows[0]!.user_id;
-  const server = await startServer(db, { LOG_LEVEL: "warn", PAGE_SIZE_MAX: "100", PG_POOL_MAX: String(Math.max(...CLIENTS) + 2) });
+  let server: TestServer | undefined;
   try {
+    server = await startServer(db, { LOG_LEVEL: "info", PAGE_SIZE_MAX: "100", PG_POOL_MAX: String(Math.max(...CLIENTS) + 2) });
+    const running = server;
     await commerceBench({
       db, orgId, small,
-      server: async () => server,
+      server: async () => running,
       callers: [{ name: "Sales Manager", userId: managerId, token: async () => (await startSession(db, managerId, orgId)).accessToken }],
     });
   } finally {
-    await server.stop();
+    await server?.stop();
     await ownerPool.end();
     const cleanup = new pg.Client({ connectionString: rootUrl });
     await cleanup.connect();

@@ -323,6 +323,15 @@ describe("payments, refunds, cancellation", () => {
     expect(code(await as("manager", `mutation ($o: UUID!) { cancelOrder(input: { orderId: $o }) { result { status } } }`, { o: o.rowId }))).toBe("INVALID_STATE");
   });
 
+  test("a customer with orders can be deleted and restored, but never purged", async () => {
+    const c = await customer(db, org.id, users.manager, "Purge me");
+    await order("manager", c, [line(p.book, 1)]);
+    expect((await as("admin", `mutation ($id: UUID!) { deleteCustomer(input: { id: $id }) { result { deletedAt } } }`, { id: c })).errors).toBeUndefined();
+    const purge = await as("admin", `mutation ($id: UUID!) { purgeCustomer(input: { id: $id }) { result } } `, { id: c });
+    expect([code(purge), field(purge)]).toEqual(["INVALID_STATE", "id"]);
+    expect((await db.owner.query("select count(*)::int as n from crm.orders where customer_id = $1", [c])).rows[0].n).toBe(1);
+  });
+
   test("the status machine holds for every writer, and an order's totals never change", async () => {
     const c = await customer(db, org.id, users.manager, "Machine");
     const o = (await order("manager", c, [line(p.book, 1)])).data.createOrder.result;

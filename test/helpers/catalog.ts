@@ -44,6 +44,7 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.visible_owner_ids": HELPER,
   "crm.my_organization_ids": HELPER,
   "crm.current_org_member_ids": HELPER,
+  "crm.visible_customer_ids": HELPER,
   "crm.assign_task": WORKFLOW,
   "crm.move_deal_stage": WORKFLOW,
   "crm.delete_customer": TRASH,
