@@ -10,10 +10,12 @@ import { DEFAULT_VOLUME, SCALE_VOLUME, SeedRefusedError, seedDemoData, settleAft
 const USAGE = `Usage: npm run seed:demo -- [options]
 
 Fills an organization with demo CRM data: members and teams, customers, contacts, tags, deals in every
-stage with their history, projects, tasks, work logs and notes. The same --seed gives the same data.
+stage with their history, projects, tasks, work logs and notes, a product catalogue, promotions and an
+order history with payments and loyalty points. The same --seed gives the same data.
 
   --org <slug>     organization to fill (default: demo; created with its demo users if missing)
-  --scale          ${SCALE_VOLUME.customers.toLocaleString("en")} customers with contacts, deals and tasks (default: ${DEFAULT_VOLUME.customers} customers, ${DEFAULT_VOLUME.tasks.toLocaleString("en")} tasks)
+  --scale          ${SCALE_VOLUME.customers.toLocaleString("en")} customers with contacts, deals and tasks, ${SCALE_VOLUME.orders.toLocaleString("en")} orders
+                   (default: ${DEFAULT_VOLUME.customers} customers, ${DEFAULT_VOLUME.tasks.toLocaleString("en")} tasks, ${DEFAULT_VOLUME.orders.toLocaleString("en")} orders)
   --append         add to an organization that already has customers
   --seed <n>       PRNG seed (default: 20240601)
   --force          allow NODE_ENV=production

@@ -22,13 +22,21 @@
 //   deals._130_contact  → a deal's contact is always one of its customer's contacts
 //   tasks._120_workflow, projects._120_completed → completed_at is set for completed rows only
 //   work_logs._300_project_hours → projects.actual_hours is the sum of the generated logs
+//   products._120_defaults → the currency is set explicitly
+// (customers._115_default_level fires only for customers without a level; the generator sets every
+// customer's level, from its share of the orders: src/db/seed-commerce.ts.)
+// The order history (src/db/seed-commerce.ts) is history loaded as an import would: its orders and
+// payments get no audit rows (HISTORY_TRIGGERS are switched off the same way, not replaced).
 // ALTER TABLE … DISABLE TRIGGER (the owner may; session_replication_role would need a superuser) is
 // transactional: other sessions never see the triggers disabled (their writes to these tables wait
 // for the commit), and a failure rolls it back with the rest. Constraints, foreign keys and every
 // other trigger apply as usual (the task-dependency cycle check, …); a trigger added later fires.
+// (A large order history sets its tables' plain indexes and foreign keys aside while it loads and
+// rebuilds and validates them afterwards, in the same transaction: seed-commerce.ts.)
 // test/crm/seed.test.ts checks the result against the triggers themselves.
 import crypto from "node:crypto";
 import type pg from "pg";
+import { catalogue, demoPromotions, planCommerce, writeOrderHistory, type CommerceCustomer } from "./seed-commerce.ts";
 
 export interface SeedVolume {
   /** Members added to the organization (besides the ones it has) and teams they are put in. */
@@ -42,6 +50,9 @@ export interface SeedVolume {
   taskDependencies: number;
   workLogs: number;
   notes: number;
+  /** The product catalogue, and orders over the customers who bought (src/db/seed-commerce.ts). */
+  products: number;
+  orders: number;
 }
 
 /** About 10 members in 2 teams, 100 customers, 2,000 tasks, 1,000 work logs (seed 002's list). */
@@ -56,6 +67,8 @@ export const DEFAULT_VOLUME: SeedVolume = {
   taskDependencies: 100,
   workLogs: 1_000,
   notes: 300,
+  products: 40,
+  orders: 600,
 };
 
 /** `--scale`: 50,000 customers with their contacts, deals and tasks, 60 members. */
@@ -70,6 +83,8 @@ export const SCALE_VOLUME: SeedVolume = {
   taskDependencies: 1_000,
   workLogs: 5_000,
   notes: 5_000,
+  products: 200,
+  orders: 1_000_000,
 };
 
 export interface SeedOptions {
@@ -287,6 +302,8 @@ const day = (t: number) => new Date(t).toISOString().slice(0, 10);
  * here (renamed, new) keeps firing; one missing from the database is skipped.
  */
 const REPLACED_TRIGGERS: Record<string, readonly string[]> = {
+  product_categories: ["_800_audit"],
+  products: ["_120_defaults", "_800_audit"],
   customers: ["_150_custom_fields", "_160_search", "_300_status_history", "_300_status_history_insert", "_800_audit", "_800_audit_insert"],
   contacts: ["_140_first_primary", "_150_custom_fields", "_160_search", "_800_audit", "_800_audit_insert"],
   customer_tags: ["_800_audit"],
@@ -298,6 +315,12 @@ const REPLACED_TRIGGERS: Record<string, readonly string[]> = {
   task_dependencies: ["_800_audit"],
   work_logs: ["_300_project_hours", "_800_audit"],
   notes: ["_160_search", "_800_audit"],
+};
+
+/** Switched off while the order history is written (see the header), not replaced. */
+const HISTORY_TRIGGERS: Record<string, readonly string[]> = {
+  orders: ["_800_audit"],
+  transactions: ["_800_audit"],
 };
 
 /** crm_private.tg_search_vector's vectors, over the json record `r`, with the configuration in $2. */
@@ -391,6 +414,8 @@ interface CustomerGen {
   owner: string;
   created: number;
   size: number;
+  since: number;
+  until: number;
   contacts: { id: string; first: string; created: number }[];
   deals: { id: string; won: boolean; created: number }[];
   projects: string[];
@@ -558,8 +583,25 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
         created_at: iso(created),
         updated_at: lastChange,
       });
-      customers.push({ row, id: row.id as string, name, short, domain, status, owner, created, size, contacts: [], deals: [], projects: [] });
+      // Buying customers order from the day they became customers until they churned (or now).
+      const since = status === "customer" || status === "churned" ? times[2]! : now;
+      const until = status === "churned" ? times[3]! : now;
+      customers.push({ row, id: row.id as string, name, short, domain, status, owner, created, size, since, until, contacts: [], deals: [], projects: [] });
     }
+
+    // Commerce: who buys how much (the loyalty level follows), the catalogue, promotions -------------
+    // (their own PRNG, so the rest of the data does not depend on the commerce volume).
+    const crnd = new Random((seed ^ 0x5eed0c0d ^ Math.imul(existing, 0x9e3779b1)) >>> 0);
+    const levelIds = (await client.query<{ id: string }>("select id from crm.customer_levels where organization_id = $1 order by rank", [orgId])).rows.map((r) => r.id);
+    const commerceCustomers: CommerceCustomer[] = customers.map((c) => ({ id: c.id, owner: c.owner, status: c.status, since: c.since, until: c.until }));
+    const commercePlan = planCommerce(commerceCustomers, vol.orders, levelIds, crnd.next);
+    for (const c of customers) {
+      const levelId = commercePlan.levels.get(c.id);
+      if (levelId) Object.assign(c.row, { level_id: levelId, level_changed_at: c.row.created_at });
+    }
+    const catalogueCreator = managers[0]?.id ?? sellers[0]!.id;
+    const { categories: productCategories, products } = existing > 0 ? { categories: [], products: [] } : catalogue(orgId, currency, vol.products, catalogueCreator, start, crnd.next);
+    const promotions = existing > 0 ? [] : demoPromotions(orgId, currency, levelIds, catalogueCreator, now);
 
     // Contacts (the first of each customer is its primary contact, as the database would make it) -
     const contacts: Row[] = [];
@@ -887,7 +929,7 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
         (r) => `${r.entity}s`,
       ),
     );
-    const disabled = Object.entries(REPLACED_TRIGGERS)
+    const disabled = Object.entries({ ...REPLACED_TRIGGERS, ...HISTORY_TRIGGERS })
       .flatMap(([t, names]) => names.map((g) => [t, g] as const))
       .filter(([t, g]) => enabled.has(`${t}.${g}`) && !(g === "_150_custom_fields" && required.has(t)));
     const off = (t: string, g: string) => disabled.some(([x, y]) => x === t && y === g);
@@ -912,6 +954,10 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
     await write("task_dependencies", dependencies);
     await write("work_logs", workLogs);
     await write("notes", notes);
+    await write("product_categories", productCategories);
+    await write("products", products);
+    await write("promotions", promotions);
+    const history = await writeOrderHistory(client, { orgId, seed, now, currency, customers: commerceCustomers, plan: commercePlan, log });
 
     for (const [t, g] of disabled) await client.query(`alter table crm.${t} enable trigger ${g}`);
     await client.query("commit");
@@ -930,6 +976,10 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
       taskDependencies: dependencies.length,
       workLogs: workLogs.length,
       notes: notes.length,
+      productCategories: productCategories.length,
+      products: products.length,
+      promotions: promotions.length,
+      ...history,
     };
     // Fresh statistics where this run added a good part of a table (at least a tenth), so the first
     // queries on the new data get sensible plans; smaller additions are left to autovacuum.
@@ -942,6 +992,11 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
       tasks: tasks.length,
       work_logs: workLogs.length,
       notes: notes.length,
+      products: products.length,
+      orders: history.orders ?? 0,
+      order_items: history.orderItems ?? 0,
+      transactions: history.transactions ?? 0,
+      loyalty_ledger: history.loyaltyLedger ?? 0,
     };
     const { rows: sizes } = await client.query<{ name: string; tuples: number }>(
       "select relname::text as name, reltuples::float8 as tuples from pg_class where oid = any ($1::regclass[])",
@@ -1154,6 +1209,7 @@ function stagePaths(stages: Stage[], transitions: { from_stage_id: string; to_st
  */
 export async function settleAfterBulkLoad(db: Queryable): Promise<void> {
   await db.query(
-    "vacuum (analyze) crm.customers, crm.contacts, crm.deals, crm.notes, crm.tasks, crm.work_logs, crm.projects, crm.audit_log",
+    "vacuum (analyze) crm.customers, crm.contacts, crm.deals, crm.notes, crm.tasks, crm.work_logs, crm.projects, crm.audit_log, " +
+      "crm.orders, crm.order_items, crm.transactions, crm.loyalty_ledger",
   );
 }

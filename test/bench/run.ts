@@ -17,6 +17,7 @@ const AREAS: Record<string, () => Promise<{ default: (ctx: BenchContext) => Prom
   startup: () => import("./startup.ts"),
   api: () => import("./api.ts"),
   cluster: () => import("./cluster.ts"),
+  commerce: () => import("./commerce.ts"),
 };
 
 /** Areas that set themselves up (a module that runs when imported, or a function). */

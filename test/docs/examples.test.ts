@@ -1,7 +1,7 @@
 // Every ```graphql block in README.md and docs/*.md runs against a demo organization (the one
 // `npm start` creates, with its demo data), signed in as demo-admin, in file order. Conventions are in
 // docs/contributing.md ("Documentation examples"): well-known variables, `# variables: {…}`,
-// `# expect: CODE`, `# not run: why`.
+// `# expect: CODE`, `# not run: why`, `# run as <user>` (run in order by the document's own test).
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -114,7 +114,9 @@ test("the documentation has GraphQL examples, and README.md's first query is amo
 });
 
 describe.each(all.map((e) => [`${e.file}:${e.line}`, e] as const))("%s", (_name, example) => {
-  const skip = /^#\s*not run:/m.test(example.source);
+  // `# run as <user>`: a chain of examples (an order, then its payment) that the document's own test
+  // runs in order with the JSON variables after each block (docs/contributing.md).
+  const skip = /^#\s*(not run:|run as \S+)/m.test(example.source);
   (skip ? test.skip : test)("runs as documented", async () => {
     const extra = /^#\s*variables:\s*(\{.*\})\s*$/m.exec(example.source)?.[1];
     const expected = /^#\s*expect:\s*([A-Z_]+)\s*$/m.exec(example.source)?.[1];

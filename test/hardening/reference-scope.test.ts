@@ -66,20 +66,27 @@ async function outOfScopeRow(table: string): Promise<string | null> {
           [table],
         )
       ).rows;
-      const uniqueText = (
-        await db.owner.query<{ col: string }>(
-          `select distinct a.attname as col from pg_index i cross join lateral unnest(i.indkey) k(n)
+      const unique = (
+        await db.owner.query<{ col: string; type: string }>(
+          `select distinct a.attname as col, format_type(a.atttypid, null) as type from pg_index i cross join lateral unnest(i.indkey) k(n)
              join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n
-            where i.indrelid = $1::regclass and i.indisunique and format_type(a.atttypid, null) in ('text', 'citext')`,
+            where i.indrelid = $1::regclass and i.indisunique and a.attname not in ('id', 'organization_id')`,
           [table],
         )
-      ).rows.map((r) => r.col);
+      ).rows;
+      const uniqueText = unique.filter((u) => u.type === "text" || u.type === "citext").map((u) => u.col);
+      // Unique numbers (a level's rank): the next free value of the organization.
+      const uniqueInt = unique.filter((u) => u.type === "integer" || u.type === "smallint").map((u) => u.col);
       const copy: Record<string, unknown> = { ...row, id: crypto.randomUUID() };
       for (const fk of fks) {
         if (fk.parent === "crm.users" || fk.parent === "crm.organization_memberships") copy[fk.col] = t.adminId;
         else if (copy[fk.col] != null && fk.parent !== table) copy[fk.col] = (await outOfScopeRow(fk.parent)) ?? copy[fk.col];
       }
       for (const c of uniqueText) if (typeof copy[c] === "string") copy[c] = `${copy[c]}-oos`;
+      for (const c of uniqueInt) {
+        if (typeof copy[c] !== "number") continue;
+        copy[c] = (await db.owner.query(`select coalesce(max("${c}"), 0) + 1 as n from ${table} where organization_id = $1`, [t.id])).rows[0].n;
+      }
       // "One default / one primary per …" flags: the copy is an ordinary row.
       for (const flag of ["is_default", "is_primary"]) if (flag in copy) copy[flag] = false;
       const list = cols.map((c) => `"${c.name}"`).join(", ");

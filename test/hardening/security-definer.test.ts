@@ -71,6 +71,7 @@ const NOUN_TABLES: Record<string, string> = {
   referred_by: "customers",
   organization: "organizations",
   delivery: "webhook_deliveries",
+  level: "customer_levels",
   endpoint: "webhook_endpoints",
 };
 

@@ -15,6 +15,7 @@ const ADMIN = "access administration: checks its permission explicitly, then wri
 const HELPER = "identity helper used by policies: reads grants without recursing through row-level security";
 const WORKFLOW = "business workflow: checks its permission explicitly (the action is allowed where a plain update is not)";
 const TRASH = "soft delete: works on hidden (deleted) rows after an explicit permission check";
+const COMMERCE = "commerce workflow: checks its permission and the visibility of the customer or order explicitly (NOT_FOUND otherwise)";
 export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.login": AUTH,
   "crm.refresh_session": AUTH,
@@ -45,6 +46,7 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.my_organization_ids": HELPER,
   "crm.current_org_member_ids": HELPER,
   "crm.reference_exists": "reference guard helper: tells a hidden row from a missing one, within the caller's organization only",
+  "crm.visible_customer_ids": HELPER,
   "crm.assign_task": WORKFLOW,
   "crm.move_deal_stage": WORKFLOW,
   "crm.delete_customer": TRASH,
@@ -70,6 +72,17 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.webhook_event_types": "lists the webhook event catalog kept in crm_private (names only)",
   "crm.redeliver_webhook": WORKFLOW,
   "crm.rotate_webhook_secret": WORKFLOW,
+  "crm.delete_product": TRASH,
+  "crm.restore_product": TRASH,
+  "crm.create_order": `${COMMERCE}: prices, applies promotions, writes the order, its lines, points and events`,
+  "crm.record_payment": `${COMMERCE}: writes the payment and moves the order's status`,
+  "crm.refund_order": `${COMMERCE}: writes the refund, moves the order's status and takes points back`,
+  "crm.cancel_order": `${COMMERCE}: cancels, gives back points and promotion uses`,
+  "crm.redeem_points": `${COMMERCE}: appends to the append-only loyalty ledger under the customer's lock`,
+  "crm.adjust_loyalty_points": `${COMMERCE}: appends to the append-only loyalty ledger under the customer's lock`,
+  "crm.set_customer_level": `${COMMERCE}: changes the level (not writable by the API) and records why`,
+  "crm.assign_promotion": `${COMMERCE}: writes an assignment (not writable by the API)`,
+  "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
 };
 
 type Q = Pick<pg.ClientBase, "query">;

@@ -12,6 +12,9 @@ export interface SeededTenant extends TestOrg {
   dealId: string;
   projectId: string;
   taskId: string;
+  productId: string;
+  promotionId: string;
+  orderId: string;
 }
 
 export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant> {
@@ -71,6 +74,39 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   await q("insert into crm.webhook_delivery_attempts (organization_id, delivery_id, attempt, status_code, duration_ms) values ($1, $2, 1, 500, 12)", [org.id, deliveryId]);
   const importId = await one("insert into crm.import_jobs (organization_id, entity, status, created_by) values ($1, 'customers', 'completed', $2) returning id", [org.id, memberId]);
   await q("insert into crm.import_errors (organization_id, import_job_id, row_number, column_name, message) values ($1, $2, 1, 'name', 'Required.')", [org.id, importId]);
+  // Commerce: a product, a promotion, an order placed with it (items, discount, events, points,
+  // assignments), a payment, and a level set by hand — through the business functions, as the admin.
+  const categoryId = await one("insert into crm.product_categories (organization_id, name) values ($1, 'Services') returning id", [org.id]);
+  const productId = await one(
+    "insert into crm.products (organization_id, sku, name, category_id, unit_price, currency, tax_rate) values ($1, 'SVC-1', 'Setup', $2, 100, 'USD', 20) returning id",
+    [org.id, categoryId],
+  );
+  const promotionId = await one(
+    `insert into crm.promotions (organization_id, name, code, discount_type, discount_value, condition)
+     values ($1, 'Welcome', 'WELCOME', 'percent', 10, '{"type":"first_purchase"}') returning id`,
+    [org.id],
+  );
+  const asAdmin = async (sql: string, params: unknown[]) => {
+    const c = await db.owner.connect();
+    try {
+      await c.query("begin");
+      await c.query("select set_config('jwt.claims.sub', $1, true), set_config('jwt.claims.org', $2, true)", [org.adminId, org.id]);
+      const r = await c.query(sql, params);
+      await c.query("commit");
+      return r.rows[0];
+    } catch (e) {
+      await c.query("rollback");
+      throw e;
+    } finally {
+      c.release();
+    }
+  };
+  const orderId = (
+    await asAdmin("select (crm.create_order($1, array[row($2, 2, null)::crm.order_line], 'fixture-order', array['WELCOME'])).id", [customerId, productId])
+  ).id as string;
+  await asAdmin("select crm.record_payment($1, 100, 'card')", [orderId]);
+  const gold = (await q("select id from crm.customer_levels where organization_id = $1 and name = 'Gold'", [org.id])).rows[0].id as string;
+  await asAdmin("select crm.set_customer_level($1, $2, 'Fixture')", [customerId, gold]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
-  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA };
+  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId };
 }
