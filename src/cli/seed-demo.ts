@@ -65,7 +65,7 @@ const pool = new pg.Pool({ connectionString: connections.ownerUrl, max: 2 });
 pool.on("error", (err) => logger.error({ err }, "owner pool error"));
 try {
   await migrate(connections.ownerUrl, { info: (m) => logger.info(m), warn: (m) => logger.warn(m) });
-  const { rows: schema } = await pool.query<{ ok: boolean }>("select to_regclass('crm.customers') is not null as ok");
+  const { rows: schema } = await pool.query<{ ok: boolean }>("select to_regclass('crm.customers') is not null and to_regclass('crm.orders') is not null as ok");
   if (!schema[0]?.ok) {
     throw new SeedRefusedError("The CRM tables are not in this database yet: apply migrations/current/ first (npm run gm -- watch --once).");
   }
