@@ -1,6 +1,7 @@
 // The HTTP shell through its real doors: a listening server on a test database.
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import crypto from "node:crypto";
+import pg from "pg";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 import { signTestToken, startServer, type TestServer } from "../helpers/server.ts";
 import { createUser, startSession } from "../helpers/identity.ts";
@@ -184,13 +185,17 @@ describe("shutdown", () => {
     await lock.query("begin");
     await lock.query("lock table crm.organizations in access exclusive mode");
     const inFlight = own.gql("{ __typename organizations { totalCount } }");
+    // Other roles' wait events are visible to a superuser only.
+    const root = new pg.Client({ connectionString: db.rootUrl });
+    await root.connect();
     const waiting = async () =>
-      (await db.owner.query("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rowCount;
+      (await root.query("select 1 from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'", [db.name])).rowCount;
     const deadline = Date.now() + 50_000;
     while (!(await waiting())) {
       if (Date.now() > deadline) throw new Error("the request never reached the database");
       await new Promise((r) => setTimeout(r, 25));
     }
+    await root.end();
     const exit = own.stop("SIGTERM");
     await new Promise((r) => setTimeout(r, 200));
     await lock.query("commit");
