@@ -9,7 +9,8 @@ export default {
   transform: { "^.+\\.ts$": "<rootDir>/test/setup/strip-types.cjs" },
   globalSetup: "<rootDir>/test/setup/global-setup.mjs",
   globalTeardown: "<rootDir>/test/setup/global-teardown.mjs",
-  testTimeout: 60_000,
+  // Generous: several tests start server processes, and a loaded 2-core machine is slow to.
+  testTimeout: 120_000,
   maxWorkers: process.env.JEST_MAX_WORKERS ?? 2,
   verbose: false,
 };

@@ -104,7 +104,8 @@ export function record(client: Client, query: string, variables: Record<string, 
  * until one arrives, then forget the warm-up events.
  */
 export async function untilLive(rec: Recorder, poke: () => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < 60; i++) {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
     await poke();
     try {
       await rec.next(500);
