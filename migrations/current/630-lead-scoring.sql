@@ -60,7 +60,11 @@ begin
         from new_rows n join old_rows o on o.id = n.id
        where n.lead_score_model = 'manual' and n.lead_score is distinct from o.lead_score$q$, kind || '_id');
   end if;
-  return crm_private.tg_lead_inputs_changed();
+  perform crm_private.enqueue_lead_scoring(array_agg(distinct r.organization_id))
+     from new_rows r
+    where crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id)
+   having count(*) > 0;
+  return null;
 end
 $$;
 
