@@ -22,8 +22,8 @@ as $$
 $$;
 
 -- Statement-level: one enqueue per organization and statement, whatever the number of rows. Changes
--- made by an organization's system principal (jobs, the scoring itself) do not enqueue: the nightly
--- run picks them up.
+-- made by an organization's system principal (jobs, the scoring itself) or without a principal (data
+-- loaded as the owner: seeds, migrations) do not enqueue: the nightly run picks them up.
 create or replace function crm_private.tg_lead_inputs_changed() returns trigger
   language plpgsql security definer
   set search_path = pg_catalog, pg_temp
@@ -32,7 +32,7 @@ declare
   orgs uuid[];
 begin
   select array_agg(distinct r.organization_id) into orgs from new_rows r
-   where crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id);
+   where crm.current_user_id() is not null and crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id);
   if orgs is not null then
     perform crm_private.enqueue_lead_scoring(orgs);
   end if;
@@ -62,7 +62,7 @@ begin
   end if;
   perform crm_private.enqueue_lead_scoring(array_agg(distinct r.organization_id))
      from new_rows r
-    where crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id)
+    where crm.current_user_id() is not null and crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id)
    having count(*) > 0;
   return null;
 end
@@ -97,7 +97,10 @@ create or replace function crm_private.tg_lead_model_trained() returns trigger
   set search_path = pg_catalog, pg_temp
 as $$
 begin
-  perform crm_private.enqueue_tenant_job('ai:score-leads', new.organization_id, '{"reason": "model"}'::jsonb);
+  -- Trained by the job (models loaded as the owner wait for the nightly run).
+  if crm.current_user_id() = crm.system_principal_id(new.organization_id) then
+    perform crm_private.enqueue_tenant_job('ai:score-leads', new.organization_id, '{"reason": "model"}'::jsonb);
+  end if;
   return null;
 end
 $$;

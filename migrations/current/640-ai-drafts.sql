@@ -71,8 +71,9 @@ create or replace function crm_private.tg_ai_draft_requested() returns trigger
   set search_path = pg_catalog, pg_temp
 as $$
 begin
+  -- Drafts are asked for by people (draftEmail); rows loaded without a principal are not queued.
   perform crm_private.enqueue_tenant_job('ai:draft', o, '{}'::jsonb)
-     from (select distinct organization_id as o from new_rows) x;
+     from (select distinct organization_id as o from new_rows where crm.current_user_id() is not null) x;
   return null;
 end
 $$;

@@ -45,7 +45,8 @@ begin
                                   job_key := 'tenant:ai:insights:' || o::text, run_at := now() + interval '1 minute',
                                   max_attempts := 5, job_key_mode := 'preserve_run_at')
      from (select distinct r.organization_id as o from new_rows r
-            where r.customer_id is not null and crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id)) x;
+            where r.customer_id is not null and crm.current_user_id() is not null
+              and crm.current_user_id() is distinct from crm.system_principal_id(r.organization_id)) x;
   return null;
 end
 $$;
