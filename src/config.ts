@@ -77,6 +77,31 @@ export interface Config {
   realtime: RealtimeConfig;
   /** Abuse limits: cost budget, caches, trusted documents, rate and time limits (docs/security.md). */
   hardening: HardeningConfig;
+  /** Lead scoring, drafts and insights: the local model or Amazon Bedrock (docs/ai.md). */
+  ai: AiConfig;
+}
+
+/** AI provider (docs/ai.md). */
+export interface AiConfig {
+  /** local: no network (the default); bedrock: Amazon Bedrock for organizations that did not opt out. */
+  provider: "local" | "bedrock";
+  bedrock: {
+    modelId: string;
+    region: string;
+    /** Another endpoint than the region's (a VPC endpoint, a test server). */
+    endpoint: string | undefined;
+    /** Static credentials; unset → the AWS SDK's default chain (AWS_* variables, profile, instance role). */
+    accessKeyId: string | undefined;
+    secretAccessKey: string | undefined;
+    sessionToken: string | undefined;
+    /** Attempts per answer (throttling, timeouts, server errors and malformed answers are retried). */
+    maxAttempts: number;
+    timeoutMs: number;
+    /** First backoff; doubled each retry (±20 %). */
+    retryBaseMs: number;
+    /** Requests in flight per job. */
+    concurrency: number;
+  };
 }
 
 /** Subscriptions, webhooks, CSV import/export (docs/realtime.md, docs/integrations.md). */
@@ -267,6 +292,32 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     pgPreparedStatements: bool(env, "PG_PREPARED_STATEMENTS", true),
     realtime: realtimeConfig(env, isProduction),
     hardening: hardeningConfig(env, nodeEnv),
+    ai: aiConfig(env),
+  };
+}
+
+function aiConfig(env: NodeJS.ProcessEnv): AiConfig {
+  const provider = (env.AI_PROVIDER || "local").toLowerCase();
+  if (provider !== "local" && provider !== "bedrock") throw new ConfigError(`AI_PROVIDER must be local or bedrock (got "${provider}")`);
+  const accessKeyId = env.BEDROCK_ACCESS_KEY_ID || undefined;
+  const secretAccessKey = env.BEDROCK_SECRET_ACCESS_KEY || undefined;
+  if (!!accessKeyId !== !!secretAccessKey) throw new ConfigError("BEDROCK_ACCESS_KEY_ID and BEDROCK_SECRET_ACCESS_KEY go together");
+  const endpoint = env.BEDROCK_ENDPOINT || undefined;
+  if (endpoint && !/^https?:\/\//.test(endpoint)) throw new ConfigError(`BEDROCK_ENDPOINT must be an http(s) URL (got "${endpoint}")`);
+  return {
+    provider,
+    bedrock: {
+      modelId: env.BEDROCK_MODEL_ID || "anthropic.claude-3-haiku-20240307-v1:0",
+      region: env.BEDROCK_REGION || "us-east-1",
+      endpoint,
+      accessKeyId,
+      secretAccessKey,
+      sessionToken: env.BEDROCK_SESSION_TOKEN || undefined,
+      maxAttempts: int(env, "BEDROCK_MAX_ATTEMPTS", 3, 1, 10),
+      timeoutMs: int(env, "BEDROCK_TIMEOUT_MS", 20_000, 100, 300_000),
+      retryBaseMs: int(env, "BEDROCK_RETRY_BASE_MS", 500, 0, 60_000),
+      concurrency: int(env, "BEDROCK_CONCURRENCY", 4, 1, 64),
+    },
   };
 }
 

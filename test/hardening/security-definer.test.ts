@@ -50,6 +50,9 @@ const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown> = 
   "crm.reference_exists.tbl": () => "crm.customers",
   "crm.reference_exists.cols": () => ["id"],
   "crm.reference_exists.vals": (t) => [t.org.customerId],
+  // Lists of the target's records.
+  "crm.score_leads.customer_ids": (t) => [t.org.customerId],
+  "crm.score_leads.contact_ids": (t) => [t.org.contactId],
 };
 
 /** Functions that answer success by design whatever they are given; only "nothing of A changed" is checked. */

@@ -83,6 +83,8 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.set_customer_level": `${COMMERCE}: changes the level (not writable by the API) and records why`,
   "crm.assign_promotion": `${COMMERCE}: writes an assignment (not writable by the API)`,
   "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
+  "crm.score_leads":
+    "AI: checks ai:use and that every id is a customer or contact the caller sees (NOT_FOUND otherwise), unpins those scores and enqueues the scoring job",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

@@ -107,6 +107,25 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   await asAdmin("select crm.record_payment($1, 100, 'card')", [orderId]);
   const gold = (await q("select id from crm.customer_levels where organization_id = $1 and name = 'Gold'", [org.id])).rows[0].id as string;
   await asAdmin("select crm.set_customer_level($1, $2, 'Fixture')", [customerId, gold]);
+  // AI: a model, a score in the history, a day of cloud usage, a draft and a stored insight (the
+  // settings row comes with the organization).
+  await q(
+    `insert into crm.lead_score_models (organization_id, version, kind, name, coefficients, training_size, metrics)
+     values ($1, 1, 'prior', 'local-prior-v1', '{"intercept": -0.8, "features": {}}', 0, '{}')`,
+    [org.id],
+  );
+  await q(
+    "insert into crm.lead_score_history (organization_id, customer_id, score, reasons, model, provider) values ($1, $2, 42, '{Fixture}', 'local-prior-v1', 'local')",
+    [org.id, customerId],
+  );
+  await q("insert into crm.ai_usage (organization_id, day, calls) values ($1, current_date, 3)", [org.id]);
+  await q(
+    "insert into crm.ai_drafts (organization_id, requested_by, customer_id, purpose, context) values ($1, $2, $3, 'Follow up on the fair', '{}')",
+    [org.id, memberId, customerId],
+  );
+  await q("insert into crm.ai_insights (organization_id, customer_id, sentiment, summary, model) values ($1, $2, 0.5, 'Fixture', 'fixture')", [
+    org.id, customerId,
+  ]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
   return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId };
 }

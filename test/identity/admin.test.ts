@@ -42,6 +42,7 @@ describe("default roles", () => {
       [org.roles["Sales Representative"]],
     );
     expect(rep.rows[0].codes).toEqual([
+      "ai:use",
       "customers:create", "customers:read_own", "customers:update_own", "deals:create", "deals:read_own", "deals:update_own",
       "notes:create", "orders:create", "projects:read_own",
       "tasks:read_own", "tasks:update_status_own", "teams:read", "worklogs:create", "worklogs:read_own",

@@ -235,7 +235,7 @@ describe("through the worker", () => {
       await runJobs(db);
       const [later] = await jobs(db, "tasks:recur");
       expect(later).toMatchObject({ attempts: 0, last_error: null, payload: expect.objectContaining({ organizationId: a.id }) });
-      const waiting = await db.owner.query("select key, run_at > now() + interval '30 seconds' as later from graphile_worker._private_jobs");
+      const waiting = await db.owner.query("select key, run_at > now() + interval '30 seconds' as later from graphile_worker._private_jobs where key like 'tenant:tasks:recur:%'");
       expect(waiting.rows).toEqual([{ key: `tenant:tasks:recur:${a.id}`, later: true }]);
       const runs = await db.owner.query("select count(*)::int as n from crm.job_runs where task = 'tasks:recur' and organization_id = $1 and job_id is not null", [a.id]);
       expect(runs.rows[0].n).toBe(0);

@@ -5,6 +5,7 @@
 import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
 import { runTenantJob, sqlTenantJob, TenantJobBusyError, type TenantJobFn } from "./runner.ts";
+import { makeDraftEmails, makeReadNotes, makeScoreLeads, makeTrainLeadModel } from "../ai/jobs.ts";
 
 /**
  * When the fan-out enqueues the task for each organization, in the organization's time zone:
@@ -24,6 +25,8 @@ export interface TenantTaskDefinition {
   sqlFunction?: `crm_jobs.${string}`;
   /** Or a TypeScript handler, given the job's transaction (see TenantJobContext). */
   handler?: TenantJobFn;
+  /** Or a handler made once per worker from its context (configuration, owner pool: e.g. a cloud provider). */
+  makeHandler?: (ctx: TaskContext) => TenantJobFn;
   /** graphile-worker attempts before the job fails permanently (default 5: about 3 minutes of retries). */
   maxAttempts?: number;
 }
@@ -34,6 +37,30 @@ export const TENANT_TASKS = [
     schedule: "daily",
     summary: "Creates the next occurrence of every recurring task whose interval has passed (crm.tasks: inserts occurrences, moves the template's lastTriggeredAt).",
     sqlFunction: "crm_jobs.recur_tasks",
+  },
+  {
+    identifier: "ai:score-leads",
+    schedule: "daily",
+    summary: "Scores every customer and contact (crm.customers, crm.contacts: leadScore, leadScoreReasons, leadScoreModel, leadScoredAt; crm.lead_score_history) with the local model or Amazon Bedrock; also a minute after a change that feeds the features, and on scoreLeads.",
+    makeHandler: makeScoreLeads,
+  },
+  {
+    identifier: "ai:train",
+    schedule: "weekly",
+    summary: "Trains the organization's lead score model on its own history (crm.lead_score_models: a new version with its held-out metrics), or keeps the prior model while the history is too small.",
+    makeHandler: () => makeTrainLeadModel(),
+  },
+  {
+    identifier: "ai:draft",
+    schedule: "manual",
+    summary: "Writes the pending e-mail drafts asked for with draftEmail (crm.ai_drafts: pending → ready or failed).",
+    makeHandler: makeDraftEmails,
+  },
+  {
+    identifier: "ai:insights",
+    schedule: "manual",
+    summary: "With Amazon Bedrock: the model's sentiment and summary of the recent notes of customers whose notes changed (crm.ai_insights); a minute after notes change.",
+    makeHandler: makeReadNotes,
   },
 ] as const satisfies readonly TenantTaskDefinition[];
 
@@ -57,7 +84,7 @@ export interface TenantJobPayload {
 
 /** The graphile-worker task for a registry entry: checks the payload, then runTenantJob. */
 export function makeTenantTask(def: TenantTaskDefinition, ctx: TaskContext): Task {
-  const fn = def.handler ?? (def.sqlFunction ? sqlTenantJob(def.sqlFunction) : undefined);
+  const fn = def.makeHandler?.(ctx) ?? def.handler ?? (def.sqlFunction ? sqlTenantJob(def.sqlFunction) : undefined);
   if (!fn) throw new Error(`tenant task ${def.identifier} needs a sqlFunction or a handler`);
   return async (payload, helpers) => {
     const p = assertPayload<TenantJobPayload>(payload, (v) => typeof v.organizationId === "string");
