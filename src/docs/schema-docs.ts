@@ -53,9 +53,11 @@ async function tablePage(db: Db, t: Table): Promise<string> {
        from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
       where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped order by a.attnum`,
   );
+  // The pages read the same on every supported server version: not-null constraints (catalogued as
+  // constraints from PostgreSQL 18) are in the columns table, and MAINTAIN (17+) is the owner's only.
   const constraints = await q<{ name: string; type: string; def: string }>(
     `select conname as name, contype as type, pg_get_constraintdef(oid) as def
-       from pg_constraint where conrelid = $1 order by contype, conname`,
+       from pg_constraint where conrelid = $1 and contype <> 'n' order by contype, conname`,
   );
   const indexes = await q<{ name: string; def: string }>(
     `select i.relname as name, pg_get_indexdef(x.indexrelid) as def
@@ -77,7 +79,7 @@ async function tablePage(db: Db, t: Table): Promise<string> {
     `select case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end as grantee,
             string_agg(a.privilege_type, ', ' order by a.privilege_type) as privileges
        from pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-      where c.oid = $1 group by 1 order by 1`,
+      where c.oid = $1 and a.privilege_type <> 'MAINTAIN' group by 1 order by 1`,
   );
   const columnGrants = await q<{ grantee: string; column: string; privileges: string }>(
     `select case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end as grantee, att.attname as column,
