@@ -311,6 +311,9 @@ create policy credit_notes_select on crm.credit_notes for select
 grant select on crm.invoices, crm.invoice_items, crm.invoice_payments, crm.credit_notes to crm_user;
 -- Drafts are edited in place (the guard refuses it after issue, except the notes).
 grant update (notes, payment_terms_days, payment_instructions, due_date, project_id, deal_id) on crm.invoices to crm_user;
+-- The invoices:overdue job (as the system principal, under RLS) moves invoices past due to overdue;
+-- the guard lets a request do nothing else with the status.
+grant update (status, overdue_at) on crm.invoices to crm_user;
 
 -- Status machine and guards ---------------------------------------------------------------------------
 create or replace function crm_private.invoice_transition_allowed(from_status text, to_status text) returns boolean
@@ -332,6 +335,14 @@ as $$
 begin
   if not crm_private.invoice_transition_allowed(old.status, new.status) then
     raise exception 'An invoice cannot go from % to %.', old.status, new.status using errcode = 'CRSTA', column = 'status';
+  end if;
+  -- Outside the business functions (SECURITY DEFINER, run as the owner) the status only moves to
+  -- overdue, and only past the due date.
+  if current_user = 'crm_user' and (new.status is distinct from old.status or new.overdue_at is distinct from old.overdue_at)
+     and not (new.status = 'overdue' and old.status in ('issued', 'partially_paid') and new.due_date < current_date + 1
+              and new.overdue_at is not null) then
+    raise exception 'The status of an invoice changes through issueInvoice, recordInvoicePayment, creditInvoice and voidInvoice.'
+      using errcode = 'CRSTA', column = 'status';
   end if;
   if old.status <> 'draft' then
     if (new.customer_id, new.currency, new.subtotal, new.tax_total, new.total, new.issue_date, new.due_date, new.payment_terms_days,

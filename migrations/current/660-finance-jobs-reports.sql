@@ -202,7 +202,8 @@ as $$
       from crm.billing_schedules s, today
      cross join lateral generate_series(s.periods_billed + 1, s.periods_billed + 24) n
      where s.is_active and s.next_date <= today.d
-       and s.start_date + (n - 1) * crm_private.frequency_interval(s.frequency) <= today.d
+       and s.start_date + (n - 1) * case s.frequency when 'monthly' then interval '1 month' when 'quarterly' then interval '3 months'
+                                                      else interval '1 year' end <= today.d
   )
   select count(crm.bill_schedule_period(due.id, due.n)) from (select * from due order by id, n) due
 $$;
@@ -217,7 +218,7 @@ drop type if exists crm.finance_revenue_row cascade;
 create type crm.finance_revenue_row as (month date, currency text, invoiced numeric, credited numeric, collected numeric, invoices int);
 comment on type crm.finance_revenue_row is 'One month in one currency: invoiced (totals of invoices issued that month, void ones left out), credited (credit notes written that month) and collected (payments received that month).';
 drop type if exists crm.finance_aging_row cascade;
-create type crm.finance_aging_row as (currency text, "current" numeric, days_1_30 numeric, days_31_60 numeric, days_61_90 numeric,
+create type crm.finance_aging_row as (currency text, "current" numeric, days_1_to_30 numeric, days_31_to_60 numeric, days_61_to_90 numeric,
                                       days_over_90 numeric, total numeric, invoices int);
 comment on type crm.finance_aging_row is 'Open balances of one currency by days past due: current (not yet due), 1–30, 31–60, 61–90, over 90.';
 drop type if exists crm.finance_expense_row cascade;
