@@ -672,9 +672,9 @@ begin
         'address', s.billing_address, 'taxId', s.tax_id, 'email', s.billing_email),
       'customer', jsonb_build_object('name', c.name, 'email', c.email, 'phone', c.phone, 'address', c.billing_address),
       'paymentInstructions', i.payment_instructions,
-      'items', (select jsonb_agg(jsonb_build_object('lineNo', x.line_no, 'description', x.description, 'quantity', x.quantity,
-                                                    'unitPrice', x.unit_price, 'taxRate', x.tax_rate, 'lineSubtotal', x.line_subtotal,
-                                                    'taxAmount', x.tax_amount, 'lineTotal', x.line_total) order by x.line_no)
+      'items', (select jsonb_agg(jsonb_build_object('lineNo', x.line_no, 'description', x.description, 'quantity', x.quantity::text,
+                                                    'unitPrice', x.unit_price::text, 'taxRate', x.tax_rate::text, 'lineSubtotal', x.line_subtotal::text,
+                                                    'taxAmount', x.tax_amount::text, 'lineTotal', x.line_total::text) order by x.line_no)
                   from crm.invoice_items x where x.invoice_id = i.id))
    where x.id = i.id
   returning * into i;

@@ -337,23 +337,25 @@ alter table crm_private.payment_webhook_secrets enable row level security;
 drop policy if exists no_access on crm_private.payment_webhook_secrets;
 create policy no_access on crm_private.payment_webhook_secrets using (false);
 
-create or replace function crm.set_payment_webhook_secret(provider text, secret text) returns boolean
+drop function if exists crm.set_payment_webhook_secret(text, text);
+create or replace function crm.set_payment_webhook_secret(provider text, secret text default null) returns boolean
   language plpgsql volatile security definer
   set search_path = pg_catalog, pg_temp
 as $$
+#variable_conflict use_column
 begin
   perform crm_private.require_permission('settings:manage');
-  if provider is distinct from 'stripe' then
+  if set_payment_webhook_secret.provider is distinct from 'stripe' then
     raise exception 'The provider must be stripe.' using errcode = 'CRVAL', column = 'provider';
   end if;
-  if secret is null then
+  if set_payment_webhook_secret.secret is null then
     delete from crm_private.payment_webhook_secrets s where s.organization_id = crm.current_org_id() and s.provider = set_payment_webhook_secret.provider;
     return false;
   end if;
-  if secret !~ '^whsec_[A-Za-z0-9+/=_-]{8,200}$' then
+  if set_payment_webhook_secret.secret !~ '^whsec_[A-Za-z0-9+/=_-]{8,200}$' then
     raise exception 'A Stripe signing secret starts with whsec_.' using errcode = 'CRVAL', column = 'secret';
   end if;
-  insert into crm_private.payment_webhook_secrets (organization_id, provider, secret) values (crm.current_org_id(), provider, secret)
+  insert into crm_private.payment_webhook_secrets (organization_id, provider, secret) values (crm.current_org_id(), set_payment_webhook_secret.provider, set_payment_webhook_secret.secret)
   on conflict (organization_id, provider) do update set secret = excluded.secret, updated_at = now();
   return true;
 end
@@ -382,14 +384,15 @@ declare
   p crm.invoice_payments;
 begin
   perform set_config('jwt.claims.org', org::text, true), set_config('jwt.claims.sub', crm.system_principal_id(org)::text, true);
+  -- The invoice first, locked: replays of one event queue here, then find the payment recorded.
+  select * into i from crm.invoices x where x.organization_id = org and x.id = record_provider_payment.invoice_id for update;
+  if i.id is null then
+    raise exception 'No such invoice.' using errcode = 'CRNFD', column = 'invoiceId';
+  end if;
   select * into p from crm.invoice_payments x where x.organization_id = org and x.provider = record_provider_payment.provider
      and x.provider_event_id = event_id;
   if p.id is not null then
     return p;  -- a replay
-  end if;
-  select * into i from crm.invoices x where x.organization_id = org and x.id = record_provider_payment.invoice_id for update;
-  if i.id is null then
-    raise exception 'No such invoice.' using errcode = 'CRNFD', column = 'invoiceId';
   end if;
   if upper(currency) <> i.currency then
     raise exception 'The payment is in %, the invoice in %.', upper(currency), i.currency using errcode = 'CRVAL', column = 'currency';

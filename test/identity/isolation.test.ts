@@ -249,8 +249,8 @@ describe("a Client Viewer of organization A", () => {
       "crm.invoice_items": await ids("select x.id from crm.invoice_items x join crm.invoices i on i.id = x.invoice_id where x.organization_id = $1 and i.customer_id = $2"),
       "crm.organization_memberships": [membership],
     };
-    expect(expected["crm.invoices"].length).toBeGreaterThan(0);
-    expect(expected["crm.projects"].length).toBeGreaterThan(0);
+    expect(expected["crm.invoices"]!.length).toBeGreaterThan(0);
+    expect(expected["crm.projects"]!.length).toBeGreaterThan(0);
   });
 
   test("SQL: exactly its customer's rows in customers, projects, invoices and their lines; nothing in any other tenant table", async () => {
@@ -285,7 +285,7 @@ describe("a Client Viewer of organization A", () => {
         continue;
       }
       const nodes = res.body.data[c.field].nodes as Record<string, string>[];
-      if (nodes.length) seen[c.field] = nodes.map((n) => n[idField]).sort();
+      if (nodes.length) seen[c.field] = nodes.map((n) => n[idField]!).sort();
     }
     expect(seen).toEqual({
       customers: expected["crm.customers"],
