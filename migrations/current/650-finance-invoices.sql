@@ -154,6 +154,8 @@ create index if not exists invoices_issued_by_idx on crm.invoices (issued_by);
 comment on table crm.invoices is E'@behavior -insert -delete +aggregates\nA bill to a customer. Created with createInvoice or createInvoiceFromOrders (a draft without a number), numbered by issueInvoice, paid with recordInvoicePayment, corrected with creditInvoice, cancelled with voidInvoice. See docs/finance.md.';
 comment on column crm.invoices.organization_id is E'@behavior -update';
 comment on column crm.invoices.customer_id is E'@behavior -update';
+comment on column crm.invoices.project_id is E'@behavior -update\nThe project it bills (set when it is created).';
+comment on column crm.invoices.deal_id is E'@behavior -update\nThe deal it bills (set when it is created).';
 comment on column crm.invoices.schedule_id is E'@behavior -update\nThe billing schedule that created it.';
 comment on column crm.invoices.schedule_period is E'@behavior -update\nWhich period of its billing schedule it bills (1 = the first).';
 comment on column crm.invoices.number is E'@behavior -update\n<prefix>-<year>-<number>, gapless per organization and year, given by issueInvoice; drafts have none; a void invoice keeps it.';
@@ -310,7 +312,8 @@ create policy credit_notes_select on crm.credit_notes for select
 
 grant select on crm.invoices, crm.invoice_items, crm.invoice_payments, crm.credit_notes to crm_user;
 -- Drafts are edited in place (the guard refuses it after issue, except the notes).
-grant update (notes, payment_terms_days, payment_instructions, due_date, project_id, deal_id) on crm.invoices to crm_user;
+revoke update (project_id, deal_id) on crm.invoices from crm_user;
+grant update (notes, payment_terms_days, payment_instructions, due_date) on crm.invoices to crm_user;
 -- The invoices:overdue job (as the system principal, under RLS) moves invoices past due to overdue;
 -- the guard lets a request do nothing else with the status.
 grant update (status, overdue_at) on crm.invoices to crm_user;
@@ -356,6 +359,14 @@ begin
     end if;
   elsif new.customer_id is distinct from old.customer_id or new.currency is distinct from old.currency then
     raise exception 'An invoice''s customer and currency do not change.' using errcode = 'CRSTA';
+  end if;
+  if new.project_id is distinct from old.project_id and new.project_id is not null and not exists (
+       select 1 from crm.projects p where p.organization_id = new.organization_id and p.id = new.project_id and p.customer_id = new.customer_id) then
+    raise exception 'The project must be one of the customer''s.' using errcode = 'CRVAL', column = 'project_id';
+  end if;
+  if new.deal_id is distinct from old.deal_id and new.deal_id is not null and not exists (
+       select 1 from crm.deals d where d.organization_id = new.organization_id and d.id = new.deal_id and d.customer_id = new.customer_id) then
+    raise exception 'The deal must be one of the customer''s.' using errcode = 'CRVAL', column = 'deal_id';
   end if;
   return new;
 end

@@ -42,7 +42,8 @@ begin
       when 'organization_memberships' then 'user_id = (select crm.current_user_id())'
       else 'false' end;
     execute format('drop policy if exists %I on crm.%I', t.relname || '_client_guard', t.relname);
-    execute format('create policy %I on crm.%I as restrictive for select using ((select crm.client_customer_id()) is null or %s)',
+    execute format('create policy %I on crm.%I as restrictive for select using ((select crm.client_customer_id()) is null
+                      or (organization_id = (select crm.current_org_id()) and %s))',
                    t.relname || '_client_guard', t.relname, cond);
   end loop;
 end
