@@ -51,8 +51,18 @@ function pdfText(pdf: Buffer): string {
   return out.join("\n");
 }
 
+/** fetch, once more if a kept-alive connection was closed by the server while idle (a slow step in between). */
+async function request(url: string, init: RequestInit): Promise<Response> {
+  try {
+    return await fetch(url, init);
+  } catch (e) {
+    if ((e as Error).message !== "fetch failed") throw e;
+    return fetch(url, init);
+  }
+}
+
 async function getPdf(id: string, token?: string) {
-  return fetch(`${server.url}/invoices/${id}.pdf`, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  return request(`${server.url}/invoices/${id}.pdf`, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
 }
 
 function event(id: string, invoice: string, amountMinor: number, currency = "usd") {
@@ -64,7 +74,7 @@ function event(id: string, invoice: string, amountMinor: number, currency = "usd
   });
 }
 async function post(orgId: string, payload: string, signature?: string) {
-  const res = await fetch(`${server.url}/webhooks/stripe/${orgId}`, {
+  const res = await request(`${server.url}/webhooks/stripe/${orgId}`, {
     method: "POST",
     headers: { "Content-Type": "application/json", "Stripe-Signature": signature ?? stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET }) },
     body: payload,
