@@ -840,3 +840,13 @@ comment on function crm.credit_invoice(uuid, numeric, text) is 'Issue a credit n
 grant execute on function crm.create_invoice(uuid, crm.invoice_line[], text, uuid, uuid, int, text),
   crm.create_invoice_from_orders(uuid[], int, text), crm.issue_invoice(uuid, date, date), crm.void_invoice(uuid, text),
   crm.record_invoice_payment(uuid, numeric, text, text, timestamptz, text, text), crm.credit_invoice(uuid, numeric, text) to crm_user;
+
+-- Where the printable invoice is (GET, with the same bearer token as /graphql).
+create or replace function crm.invoices_pdf_path(i crm.invoices) returns text
+  language sql stable parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select '/invoices/' || i.id::text || '.pdf'
+$$;
+comment on function crm.invoices_pdf_path(crm.invoices) is 'The path of the printable invoice (GET /invoices/<id>.pdf with the same bearer token as /graphql).';
+grant execute on function crm.invoices_pdf_path(crm.invoices) to crm_user;

@@ -116,6 +116,8 @@ describe("GET /invoices/:id.pdf", () => {
   test("the PDF opens and shows the number, total, due date, snapshot and the organization's header and footer", async () => {
     // Edits after issue do not rewrite the printed invoice.
     await db.owner.query("update crm.customers set name = 'Renamed Later' where id = $1", [buyer]);
+    const path = await server.gql<any>(`query ($id: UUID!) { invoice(rowId: $id) { pdfPath } }`, { id: invoiceId }, { token: clerk });
+    expect(path.body.data.invoice.pdfPath).toBe(`/invoices/${invoiceId}.pdf`);
     const res = await getPdf(invoiceId, clerk);
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("application/pdf");
