@@ -37,6 +37,7 @@
 import crypto from "node:crypto";
 import type pg from "pg";
 import { catalogue, demoPromotions, planCommerce, writeOrderHistory, type CommerceCustomer } from "./seed-commerce.ts";
+import { writeFinanceHistory } from "./seed-finance.ts";
 
 export interface SeedVolume {
   /** Members added to the organization (besides the ones it has) and teams they are put in. */
@@ -53,6 +54,9 @@ export interface SeedVolume {
   /** The product catalogue, and orders over the customers who bought (src/db/seed-commerce.ts). */
   products: number;
   orders: number;
+  /** Invoices with their lines and payments, and expenses (src/db/seed-finance.ts). */
+  invoices: number;
+  expenses: number;
 }
 
 /** About 10 members in 2 teams, 100 customers, 2,000 tasks, 1,000 work logs (seed 002's list). */
@@ -69,6 +73,8 @@ export const DEFAULT_VOLUME: SeedVolume = {
   notes: 300,
   products: 40,
   orders: 600,
+  invoices: 500,
+  expenses: 150,
 };
 
 /** `--scale`: 50,000 customers with their contacts, deals and tasks, 60 members. */
@@ -85,6 +91,8 @@ export const SCALE_VOLUME: SeedVolume = {
   notes: 5_000,
   products: 200,
   orders: 1_000_000,
+  invoices: 20_000,
+  expenses: 5_000,
 };
 
 export interface SeedOptions {
@@ -958,6 +966,7 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
     await write("products", products);
     await write("promotions", promotions);
     const history = await writeOrderHistory(client, { orgId, seed, now, currency, customers: commerceCustomers, plan: commercePlan, log });
+    const finance = await writeFinanceHistory(client, { orgId, seed, now, currency, invoices: vol.invoices, expenses: vol.expenses, log });
 
     for (const [t, g] of disabled) await client.query(`alter table crm.${t} enable trigger ${g}`);
     await client.query("commit");
@@ -980,6 +989,7 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
       products: products.length,
       promotions: promotions.length,
       ...history,
+      ...finance,
     };
     // Fresh statistics where this run added a good part of a table (at least a tenth), so the first
     // queries on the new data get sensible plans; smaller additions are left to autovacuum.
@@ -997,6 +1007,10 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
       order_items: history.orderItems ?? 0,
       transactions: history.transactions ?? 0,
       loyalty_ledger: history.loyaltyLedger ?? 0,
+      invoices: finance.invoices ?? 0,
+      invoice_items: finance.invoiceItems ?? 0,
+      invoice_payments: finance.invoicePayments ?? 0,
+      expenses: finance.expenses ?? 0,
     };
     const { rows: sizes } = await client.query<{ name: string; tuples: number }>(
       "select relname::text as name, reltuples::float8 as tuples from pg_class where oid = any ($1::regclass[])",

@@ -41,7 +41,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   RATE_LIMITED: 429,
 };
 
-class HttpProblem extends Error {
+export class HttpProblem extends Error {
   readonly status: number;
   readonly code: string;
   readonly field: string | undefined;
@@ -53,7 +53,7 @@ class HttpProblem extends Error {
   }
 }
 
-function sendProblem(res: Response, p: HttpProblem, extra: Record<string, unknown> = {}) {
+export function sendProblem(res: Response, p: HttpProblem, extra: Record<string, unknown> = {}) {
   if (res.headersSent) {
     res.destroy(p);
     return;
@@ -62,14 +62,14 @@ function sendProblem(res: Response, p: HttpProblem, extra: Record<string, unknow
 }
 
 /** A database error as the caller should see it (application and bad-input codes), else INTERNAL. */
-function problemFromPg(e: unknown): HttpProblem | null {
+export function problemFromPg(e: unknown): HttpProblem | null {
   const err = e as { code?: string; message: string; column?: string; detail?: string; constraint?: string; table?: string };
   const code = err?.code ? (APP_SQLSTATES[err.code] ?? STANDARD_SQLSTATES[err.code]) : undefined;
   if (!code) return null;
   return new HttpProblem(STATUS[code] ?? 400, code, err.message, fieldOf(err as never));
 }
 
-async function authenticate(deps: IntegrationDeps, req: Request): Promise<Record<string, string>> {
+export async function authenticate(deps: IntegrationDeps, req: Request): Promise<Record<string, string>> {
   let settings: Record<string, string>;
   try {
     settings = await pgSettingsFor(
@@ -89,7 +89,7 @@ async function authenticate(deps: IntegrationDeps, req: Request): Promise<Record
 }
 
 /** Runs `fn` in a transaction with the request's settings (role crm_user + claims): RLS applies. */
-async function asCaller<T>(pool: Pool, settings: Record<string, string>, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+export async function asCaller<T>(pool: Pool, settings: Record<string, string>, fn: (c: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query("begin");
@@ -105,7 +105,7 @@ async function asCaller<T>(pool: Pool, settings: Record<string, string>, fn: (c:
   }
 }
 
-function handle(deps: IntegrationDeps, fn: (req: Request, res: Response) => Promise<void>) {
+export function handle(deps: IntegrationDeps, fn: (req: Request, res: Response) => Promise<void>) {
   return async (req: Request, res: Response) => {
     try {
       await fn(req, res);
@@ -120,7 +120,7 @@ function handle(deps: IntegrationDeps, fn: (req: Request, res: Response) => Prom
   };
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function jobJson(job: ImportSummary & Record<string, unknown>) {
   return { ...job, errorsUrl: `/import/${job.id}/errors.csv` };

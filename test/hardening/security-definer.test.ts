@@ -40,7 +40,7 @@ interface Ctx {
  * Per-argument values where the name rule cannot work: `"crm.<function>.<argument>"`, given the
  * target's fixture and the calling user.
  */
-const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown> = {
+const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown | Promise<unknown>> = {
   // The status a task can move to from its fixture state (an invalid one would stop at validation).
   "crm.update_task_status.status": () => "completed",
   // The task is the target; the assignee is someone the caller may assign (themselves), so the call
@@ -53,6 +53,12 @@ const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown> = 
   // Lists of the target's records.
   "crm.score_leads.customer_ids": (t) => [t.org.customerId],
   "crm.score_leads.contact_ids": (t) => [t.org.contactId],
+  // Finance: a valid line (an empty list stops at validation), the target's order and schedule.
+  "crm.create_invoice.items": () => "{\"(Probe,1,10,0,)\"}",
+  "crm.create_invoice.currency": () => "USD",
+  "crm.create_invoice_from_orders.order_ids": (t) => [t.org.orderId],
+  "crm.bill_schedule_period.schedule_id": async (t) =>
+    (await db.owner.query("select id from crm.billing_schedules where organization_id = $1 limit 1", [t.org.id])).rows[0]?.id,
 };
 
 /** Functions that answer success by design whatever they are given; only "nothing of A changed" is checked. */
@@ -137,7 +143,7 @@ async function derive(fn: Fn, ctx: Ctx, caller: { userId: string; sameOrg: boole
     const c = own && ownIndex !== i && arg.type === "uuid" ? own : ctx;
     const override = ARG_OVERRIDES[`${fn.name}.${arg.name}`];
     if (override) {
-      values.push(override(c, caller.userId));
+      values.push(await override(c, caller.userId));
       continue;
     }
     if (arg.type === "uuid" || arg.type === "uuid[]") {

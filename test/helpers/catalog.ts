@@ -16,6 +16,7 @@ const HELPER = "identity helper used by policies: reads grants without recursing
 const WORKFLOW = "business workflow: checks its permission explicitly (the action is allowed where a plain update is not)";
 const TRASH = "soft delete: works on hidden (deleted) rows after an explicit permission check";
 const COMMERCE = "commerce workflow: checks its permission and the visibility of the customer or order explicitly (NOT_FOUND otherwise)";
+const FINANCE = "finance workflow: checks its permission and the visibility of the customer, order, invoice or expense explicitly (NOT_FOUND otherwise)";
 export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.login": AUTH,
   "crm.refresh_session": AUTH,
@@ -85,6 +86,20 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
   "crm.score_leads":
     "AI: checks ai:use and that every id is a customer or contact the caller sees (NOT_FOUND otherwise), unpins those scores and enqueues the scoring job",
+  "crm.client_customer_id": HELPER,
+  "crm.create_invoice": `${FINANCE}: writes the draft and its lines (not writable by the API), totals exact to the cent`,
+  "crm.create_invoice_from_orders": `${FINANCE}: bills orders the caller sees, once each`,
+  "crm.issue_invoice": `${FINANCE}: takes the organization's locked number counter (crm_private) and snapshots the billing details`,
+  "crm.void_invoice": `${FINANCE}: moves the status; refuses an invoice with payments not credited in full`,
+  "crm.record_invoice_payment": `${FINANCE}: writes the payment and moves the invoice's status; refuses over-payment`,
+  "crm.credit_invoice": `${FINANCE}: numbers and writes the credit note, lowers the balance`,
+  "crm.submit_expense": `${FINANCE}: the submitter moves their draft on (status is not writable by the API)`,
+  "crm.approve_expense": `${FINANCE}: expenses:approve, never one's own expense`,
+  "crm.reject_expense": `${FINANCE}: expenses:approve, never one's own expense`,
+  "crm.reimburse_expense": `${FINANCE}: expenses:approve`,
+  "crm.bill_schedule_period": `${FINANCE}: the invoices:recur job's step, through createInvoice and issueInvoice (their checks)`,
+  "crm.set_payment_webhook_secret": `${FINANCE}: settings:manage; writes the secret to crm_private, never reads it back`,
+  "crm.set_client_customer": ADMIN,
 };
 
 type Q = Pick<pg.ClientBase, "query">;

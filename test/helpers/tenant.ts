@@ -15,6 +15,7 @@ export interface SeededTenant extends TestOrg {
   productId: string;
   promotionId: string;
   orderId: string;
+  invoiceId: string;
 }
 
 export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant> {
@@ -126,6 +127,24 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   await q("insert into crm.ai_insights (organization_id, customer_id, sentiment, summary, model) values ($1, $2, 0.5, 'Fixture', 'fixture')", [
     org.id, customerId,
   ]);
+  // Finance: an issued invoice (items, snapshot) with a payment and a credit note, a billing
+  // schedule, and a submitted expense (settings and categories come with the organization).
+  const invoiceId = (
+    await asAdmin("select (crm.create_invoice($1, array[row('Consulting', 2, 150, 20, null)::crm.invoice_line])).id", [customerId])
+  ).id as string;
+  await asAdmin("select crm.issue_invoice($1)", [invoiceId]);
+  await asAdmin("select crm.record_invoice_payment($1, 100, 'bank_transfer')", [invoiceId]);
+  await asAdmin("select crm.credit_invoice($1, 10, 'Fixture discount')", [invoiceId]);
+  await q(
+    `insert into crm.billing_schedules (organization_id, customer_id, name, frequency, items, start_date)
+     values ($1, $2, 'Support plan', 'monthly', '[{"description": "Support", "quantity": "1", "unitPrice": "99"}]', current_date + 30)`,
+    [org.id, customerId],
+  );
+  const travel = (await q("select id from crm.expense_categories where organization_id = $1 and name = 'Travel'", [org.id])).rows[0].id as string;
+  await q(
+    "insert into crm.expenses (organization_id, category_id, amount, currency, description, project_id, submitted_by, status) values ($1, $2, 42.5, 'USD', 'Train', $3, $4, 'draft')",
+    [org.id, travel, projectId, memberId],
+  );
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
-  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId };
+  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId, invoiceId };
 }

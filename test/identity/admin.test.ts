@@ -30,10 +30,10 @@ afterAll(async () => {
 });
 
 describe("default roles", () => {
-  test("every new organization gets the five default roles with their grants", async () => {
+  test("every new organization gets the six default roles with their grants", async () => {
     const res = await gql(`{ roles(orderBy: NAME_ASC) { nodes { name isSystem permissionCount } } }`, {}, admin);
     const roles = res.body.data.roles.nodes as { name: string; isSystem: boolean; permissionCount: number }[];
-    expect(roles.map((r) => r.name)).toEqual(["Administrator", "Finance", "Sales Manager", "Sales Representative", "Viewer"]);
+    expect(roles.map((r) => r.name)).toEqual(["Administrator", "Client Viewer", "Finance", "Sales Manager", "Sales Representative", "Viewer"]);
     expect(roles.every((r) => r.isSystem)).toBe(true);
     const all = (await db.owner.query("select count(*)::int as n from crm.permissions")).rows[0].n;
     expect(roles.find((r) => r.name === "Administrator")!.permissionCount).toBe(all);

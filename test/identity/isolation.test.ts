@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { asAnonymous, asUser, createTestDb, sqlError, type TestDb } from "../helpers/db.ts";
 import { startServer, type TestServer } from "../helpers/server.ts";
-import { startSession } from "../helpers/identity.ts";
+import { addMember, startSession } from "../helpers/identity.ts";
+import { issuedInvoice } from "../helpers/finance.ts";
 import { seedTenant, type SeededTenant } from "../helpers/tenant.ts";
 import { GLOBAL_TABLES } from "../helpers/catalog.ts";
 
@@ -218,6 +219,95 @@ function tableToTypeName(table: string): string {
   words.push(last.endsWith("ies") ? `${last.slice(0, -3)}y` : last.endsWith("s") ? last.slice(0, -1) : last);
   return words.map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
 }
+
+// A client principal of A (seed 002's Client Viewer, "own only"): linked to A's fixture customer, it
+// sees that customer, its invoices (and their lines) and its projects, its own membership, and no
+// row of any other tenant table — generated over every table, in SQL and over GraphQL.
+describe("a Client Viewer of organization A", () => {
+  let clientId: string;
+  let clientToken: string;
+  let expected: Record<string, string[]>;
+  beforeAll(async () => {
+    clientId = await addMember(db, a, "tenant-a-client", "Client Viewer");
+    const membership = (await db.owner.query("select id from crm.organization_memberships where organization_id = $1 and user_id = $2", [a.id, clientId])).rows[0].id;
+    // Another customer of A, with a project and an invoice the client must not see.
+    const other = (await db.owner.query("insert into crm.customers (organization_id, name, owner_id) values ($1, 'Someone else', $2) returning id", [a.id, a.memberId])).rows[0].id;
+    await db.owner.query("insert into crm.projects (organization_id, customer_id, name) values ($1, $2, 'Not yours')", [a.id, other]);
+    await issuedInvoice(db, a.id, a.adminId, other);
+    const link = await server.gql<any>(
+      `mutation ($m: UUID!, $c: UUID!) { setClientCustomer(input: { membershipId: $m, customerId: $c }) { result { clientCustomerId } } }`,
+      { m: membership, c: a.customerId },
+      { token: tokenA },
+    );
+    expect(link.body.errors).toBeUndefined();
+    clientToken = (await startSession(db, clientId, a.id)).accessToken;
+    const ids = async (sql: string) => (await db.owner.query(sql, [a.id, a.customerId])).rows.map((r) => r.id as string).sort();
+    expected = {
+      "crm.customers": [a.customerId],
+      "crm.projects": await ids("select id from crm.projects where organization_id = $1 and customer_id = $2 and deleted_at is null"),
+      "crm.invoices": await ids("select id from crm.invoices where organization_id = $1 and customer_id = $2"),
+      "crm.invoice_items": await ids("select x.id from crm.invoice_items x join crm.invoices i on i.id = x.invoice_id where x.organization_id = $1 and i.customer_id = $2"),
+      "crm.organization_memberships": [membership],
+    };
+    expect(expected["crm.invoices"]!.length).toBeGreaterThan(0);
+    expect(expected["crm.projects"]!.length).toBeGreaterThan(0);
+  });
+
+  test("SQL: exactly its customer's rows in customers, projects, invoices and their lines; nothing in any other tenant table", async () => {
+    const seen: Record<string, string[]> = {};
+    for (const t of tenantTables) {
+      await asUser(db, { sub: clientId, org: a.id }, async (c) => {
+        const hasId = (await c.query("select 1 from pg_attribute where attrelid = $1::regclass and attname = 'id'", [t])).rowCount;
+        const { rows } = await c.query(`select ${hasId ? "id::text" : "null"} as id from ${t}`);
+        if (rows.length) seen[t] = rows.map((r) => r.id as string).sort();
+      }).catch((e: { code?: string }) => {
+        if (e.code !== "42501") throw e;
+      });
+    }
+    expect(seen).toEqual(expected);
+  });
+
+  test("GraphQL: every list shows only those rows", async () => {
+    const res0 = await server.gql<any>(`{ __schema { queryType { fields { name type { name fields { name } } } } } }`, {}, { token: tokenA });
+    const lists = (res0.body.data.__schema.queryType.fields as any[]).filter((f) => f.type?.name?.endsWith("Connection"));
+    const connections: { field: string; fields: string[] }[] = [];
+    for (const f of lists) {
+      const t = await server.gql<any>(`query ($n: String!) { __type(name: $n) { fields { name } } }`, { n: f.type.name.replace(/Connection$/, "") }, { token: tokenA });
+      if (t.body.data.__type) connections.push({ field: f.name, fields: (t.body.data.__type.fields as { name: string }[]).map((x) => x.name) });
+    }
+    expect(connections.length).toBeGreaterThanOrEqual(tenantTables.length);
+    const seen: Record<string, string[]> = {};
+    for (const c of connections.filter((c) => c.fields.includes("organizationId"))) {
+      const idField = c.fields.includes("rowId") ? "rowId" : "organizationId";
+      const res = await server.gql<any>(`{ ${c.field}(first: 100) { nodes { ${idField} } } }`, {}, { token: clientToken });
+      if (res.body.errors) {
+        expect(res.body.errors[0]?.extensions?.code).toBe("FORBIDDEN");
+        continue;
+      }
+      const nodes = res.body.data[c.field].nodes as Record<string, string>[];
+      if (nodes.length) seen[c.field] = nodes.map((n) => n[idField]!).sort();
+    }
+    expect(seen).toEqual({
+      customers: expected["crm.customers"],
+      projects: expected["crm.projects"],
+      invoices: expected["crm.invoices"],
+      invoiceItems: expected["crm.invoice_items"],
+      organizationMemberships: expected["crm.organization_memberships"],
+    });
+  });
+
+  test("GraphQL: its customer's invoices with their lines, and another customer's invoice is not found", async () => {
+    const r = await server.gql<any>(`{ invoices { nodes { rowId number total customer { name } invoiceItems { totalCount } } } projects { nodes { name } } }`, {}, { token: clientToken });
+    expect(r.body.errors).toBeUndefined();
+    expect(r.body.data.invoices.nodes.every((n: any) => n.customer.name === "tenant-a customer" && n.invoiceItems.totalCount > 0)).toBe(true);
+    expect(r.body.data.projects.nodes.map((n: any) => n.name)).toEqual(["Onboarding"]);
+    const hidden = (await db.owner.query("select id from crm.invoices where organization_id = $1 and customer_id <> $2 limit 1", [a.id, a.customerId])).rows[0].id;
+    const one = await server.gql<any>(`query ($id: UUID!) { invoice(rowId: $id) { rowId } }`, { id: hidden }, { token: clientToken });
+    expect(one.body.data.invoice).toBeNull();
+    const write = await server.gql<any>(`mutation ($id: UUID!) { issueInvoice(input: { invoiceId: $id }) { result { rowId } } }`, { id: hidden }, { token: clientToken });
+    expect(write.body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+  });
+});
 
 describe("anonymous callers", () => {
   test("SQL: no table in crm is readable or writable", async () => {

@@ -6,6 +6,7 @@ import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
 import { runTenantJob, sqlTenantJob, TenantJobBusyError, type TenantJobFn } from "./runner.ts";
 import { makeDraftEmails, makeReadNotes, makeScoreLeads, makeTrainLeadModel } from "../ai/jobs.ts";
+import { makeMarkOverdue } from "../finance/jobs.ts";
 
 /**
  * When the fan-out enqueues the task for each organization, in the organization's time zone:
@@ -61,6 +62,18 @@ export const TENANT_TASKS = [
     schedule: "manual",
     summary: "With Amazon Bedrock: the model's sentiment and summary of the recent notes of customers whose notes changed (crm.ai_insights); a minute after notes change.",
     makeHandler: makeReadNotes,
+  },
+  {
+    identifier: "invoices:overdue",
+    schedule: "daily",
+    summary: "Marks issued and partially paid invoices past their due date as overdue (crm.invoices: status, overdueAt) and notifies the customer's owner and the Finance members in-app, once per invoice (crm.notifications); logs each one. E-mail to the customer waits for the messaging module.",
+    handler: makeMarkOverdue(),
+  },
+  {
+    identifier: "invoices:recur",
+    schedule: "daily",
+    summary: "Bills every period of the active billing schedules whose date has come (crm.invoices, crm.invoice_items: a draft, or issued per financeSettings.recurringAutoIssue; crm.billing_schedules: periodsBilled, nextDate); a period is never billed twice.",
+    sqlFunction: "crm_jobs.bill_recurring",
   },
 ] as const satisfies readonly TenantTaskDefinition[];
 
