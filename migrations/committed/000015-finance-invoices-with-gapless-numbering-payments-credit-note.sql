@@ -1,3 +1,11 @@
+--! Previous: sha1:0ed6c76d54c2a09b0e9a139378c51b5908773443
+--! Hash: sha1:2674037b343648cbed6bdcfe6839bb0b9206cd1a
+--! Message: Finance: invoices with gapless numbering, payments, credit notes, expenses, reports, client viewer
+
+--! split: 001.sql
+-- The next migration, one file per concern (NNN-domain.sql). Keep it idempotent (create or replace, drop … if exists).
+
+--! split: 650-finance-invoices.sql
 -- Finance: settings, invoices and their lines, gapless numbering, payments and credit notes.
 -- Money follows commerce's rules (crm_private.round_money: half away from zero, once per line, to
 -- the currency's minor unit). docs/finance.md describes the lifecycle.
@@ -850,3 +858,775 @@ as $$
 $$;
 comment on function crm.invoices_pdf_path(crm.invoices) is 'The path of the printable invoice (GET /invoices/<id>.pdf with the same bearer token as /graphql).';
 grant execute on function crm.invoices_pdf_path(crm.invoices) to crm_user;
+
+--! split: 655-finance-expenses.sql
+-- Finance: expense categories and expenses with their approval workflow; project cost.
+
+create table if not exists crm.expense_categories (
+  id uuid primary key default gen_random_uuid(),
+  organization_id uuid not null default crm.current_org_id() references crm.organizations (id) on delete cascade,
+  name citext not null constraint expense_categories_name_length check (length(btrim(name::text)) between 1 and 100),
+  position int not null default 0,
+  is_active boolean not null default true,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint expense_categories_name_unique unique (organization_id, name),
+  constraint expense_categories_organization_id_id_key unique (organization_id, id)
+);
+create index if not exists expense_categories_organization_id_position_idx on crm.expense_categories (organization_id, position);
+comment on table crm.expense_categories is E'@behavior -delete\nThe organization''s list of expense categories (Travel, Meals, Software, …); deactivate one rather than delete it. Edited with settings:manage.';
+comment on column crm.expense_categories.organization_id is E'@behavior -insert -update';
+
+create table if not exists crm.expenses (
+  id uuid primary key default gen_random_uuid(),
+  organization_id uuid not null default crm.current_org_id() references crm.organizations (id) on delete cascade,
+  category_id uuid not null,
+  amount numeric(16, 2) not null constraint expenses_amount_range check (amount > 0 and amount < 100000000000000),
+  currency text not null constraint expenses_currency_format check (currency ~ '^[A-Z]{3}$' and currency not in ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND', 'CLF', 'UYW')),
+  spent_on date not null default current_date,
+  description text not null constraint expenses_description_length check (length(btrim(description)) between 1 and 2000),
+  receipt_reference text constraint expenses_receipt_reference_length check (length(receipt_reference) <= 500),
+  project_id uuid,
+  customer_id uuid,
+  submitted_by uuid not null default crm.current_user_id(),
+  status text not null default 'draft' constraint expenses_status_check check (status in ('draft', 'submitted', 'approved', 'rejected', 'reimbursed')),
+  submitted_at timestamptz,
+  approver_id uuid references crm.users (id) on delete set null,
+  decided_at timestamptz,
+  decision_reason text constraint expenses_decision_reason_length check (length(decision_reason) <= 1000),
+  reimbursed_at timestamptz,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint expenses_approver_id_valid check (approver_id is distinct from submitted_by or approver_id is null),
+  constraint expenses_organization_id_id_key unique (organization_id, id),
+  constraint expenses_category_fkey foreign key (organization_id, category_id) references crm.expense_categories (organization_id, id) on delete restrict,
+  constraint expenses_project_fkey foreign key (organization_id, project_id) references crm.projects (organization_id, id) on delete set null (project_id),
+  constraint expenses_customer_fkey foreign key (organization_id, customer_id) references crm.customers (organization_id, id) on delete set null (customer_id),
+  constraint expenses_submitted_by_fkey foreign key (organization_id, submitted_by)
+    references crm.organization_memberships (organization_id, user_id) on delete restrict
+);
+create index if not exists expenses_organization_id_submitted_by_idx on crm.expenses (organization_id, submitted_by, spent_on);
+create index if not exists expenses_organization_id_status_idx on crm.expenses (organization_id, status);
+create index if not exists expenses_organization_id_spent_on_idx on crm.expenses (organization_id, spent_on);
+create index if not exists expenses_organization_id_category_id_idx on crm.expenses (organization_id, category_id);
+create index if not exists expenses_organization_id_project_id_idx on crm.expenses (organization_id, project_id);
+create index if not exists expenses_organization_id_customer_id_idx on crm.expenses (organization_id, customer_id);
+create index if not exists expenses_approver_id_idx on crm.expenses (approver_id);
+comment on table crm.expenses is E'@behavior -delete +aggregates\nMoney spent for the organization. draft → submitted (submitExpense) → approved | rejected (approveExpense / rejectExpense, expenses:approve, never your own) → reimbursed (reimburseExpense). Approved and reimbursed expenses count in their project''s cost. Campaign linkage comes with the campaigns module.';
+comment on column crm.expenses.organization_id is E'@behavior -insert -update';
+comment on column crm.expenses.currency is E'@hasDefault\nISO 4217 code; defaults to the organization''s settings.currency (else USD).';
+comment on column crm.expenses.submitted_by is E'@behavior -insert -update\nWho spent it (the member who recorded it).';
+comment on column crm.expenses.status is E'@behavior -insert -update';
+comment on column crm.expenses.submitted_at is E'@behavior -insert -update';
+comment on column crm.expenses.approver_id is E'@behavior -insert -update\nWho approved or rejected it.';
+comment on column crm.expenses.decided_at is E'@behavior -insert -update';
+comment on column crm.expenses.decision_reason is E'@behavior -insert -update';
+comment on column crm.expenses.reimbursed_at is E'@behavior -insert -update';
+comment on constraint expenses_submitted_by_fkey on crm.expenses is E'@fieldName submitter\n@foreignFieldName submittedExpenses';
+comment on constraint expenses_approver_id_fkey on crm.expenses is E'@fieldName approver\n@foreignFieldName decidedExpenses';
+
+-- Row-level security -------------------------------------------------------------------------------
+alter table crm.expense_categories enable row level security;
+alter table crm.expenses enable row level security;
+
+drop policy if exists expense_categories_select on crm.expense_categories;
+create policy expense_categories_select on crm.expense_categories for select
+  using (organization_id = (select crm.current_org_id()));
+drop policy if exists expense_categories_insert on crm.expense_categories;
+create policy expense_categories_insert on crm.expense_categories for insert
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('settings:manage')));
+drop policy if exists expense_categories_update on crm.expense_categories;
+create policy expense_categories_update on crm.expense_categories for update
+  using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('settings:manage')))
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('settings:manage')));
+
+-- Everyone sees their own expenses; expenses:read sees all of them.
+drop policy if exists expenses_select on crm.expenses;
+create policy expenses_select on crm.expenses for select
+  using (organization_id = (select crm.current_org_id())
+         and ((select crm.has_permission('expenses:read')) or submitted_by = (select crm.current_user_id())));
+drop policy if exists expenses_insert on crm.expenses;
+create policy expenses_insert on crm.expenses for insert
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('expenses:create'))
+              and submitted_by = (select crm.current_user_id()) and status = 'draft'
+              and (project_id is null or exists (select 1 from crm.projects p where p.id = expenses.project_id))
+              and (customer_id is null or exists (select 1 from crm.customers c where c.id = expenses.customer_id)));
+-- Only the submitter edits, and only a draft.
+drop policy if exists expenses_update on crm.expenses;
+create policy expenses_update on crm.expenses for update
+  using (organization_id = (select crm.current_org_id()) and submitted_by = (select crm.current_user_id()) and status = 'draft')
+  with check (organization_id = (select crm.current_org_id()) and submitted_by = (select crm.current_user_id()) and status = 'draft'
+              and (project_id is null or exists (select 1 from crm.projects p where p.id = expenses.project_id))
+              and (customer_id is null or exists (select 1 from crm.customers c where c.id = expenses.customer_id)));
+
+grant select on crm.expense_categories, crm.expenses to crm_user;
+grant insert (name, position, is_active), update (name, position, is_active) on crm.expense_categories to crm_user;
+grant insert (category_id, amount, currency, spent_on, description, receipt_reference, project_id, customer_id),
+      update (category_id, amount, currency, spent_on, description, receipt_reference, project_id, customer_id)
+  on crm.expenses to crm_user;
+
+-- Triggers -----------------------------------------------------------------------------------------
+create or replace function crm_private.expense_transition_allowed(from_status text, to_status text) returns boolean
+  language sql immutable parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select from_status = to_status or (from_status, to_status) in (
+    ('draft', 'submitted'), ('submitted', 'approved'), ('submitted', 'rejected'), ('approved', 'reimbursed'))
+$$;
+
+create or replace function crm_private.tg_expense_guard() returns trigger
+  language plpgsql security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op = 'INSERT' then
+    new.currency := coalesce(new.currency, (select settings->>'currency' from crm.organizations where id = new.organization_id), 'USD');
+    if new.amount <> crm_private.round_money(new.amount, new.currency) then
+      raise exception 'The amount has more decimals than % allows.', new.currency using errcode = 'CRVAL', column = 'amount';
+    end if;
+    if not exists (select 1 from crm.expense_categories c where c.organization_id = new.organization_id and c.id = new.category_id and c.is_active) then
+      raise exception 'Pick one of the organization''s active expense categories.' using errcode = 'CRVAL', column = 'category_id';
+    end if;
+    return new;
+  end if;
+  if not crm_private.expense_transition_allowed(old.status, new.status) then
+    raise exception 'An expense cannot go from % to %.', old.status, new.status using errcode = 'CRSTA', column = 'status';
+  end if;
+  if old.status <> 'draft' and (new.category_id, new.amount, new.currency, new.spent_on, new.description, new.receipt_reference, new.project_id, new.customer_id)
+     is distinct from (old.category_id, old.amount, old.currency, old.spent_on, old.description, old.receipt_reference, old.project_id, old.customer_id) then
+    raise exception 'A submitted expense is not edited.' using errcode = 'CRSTA';
+  end if;
+  if new.amount <> crm_private.round_money(new.amount, new.currency) then
+    raise exception 'The amount has more decimals than % allows.', new.currency using errcode = 'CRVAL', column = 'amount';
+  end if;
+  return new;
+end
+$$;
+drop trigger if exists _120_workflow on crm.expenses;
+create trigger _120_workflow before insert or update on crm.expenses for each row execute function crm_private.tg_expense_guard();
+
+do $$
+declare
+  t text;
+begin
+  foreach t in array array['expense_categories', 'expenses'] loop
+    execute format('drop trigger if exists _100_updated_at on crm.%I', t);
+    execute format('create trigger _100_updated_at before update on crm.%I for each row execute function crm_private.tg_set_updated_at()', t);
+    execute format('drop trigger if exists _800_audit on crm.%I', t);
+    execute format('create trigger _800_audit after insert or update or delete on crm.%I for each row execute function crm_private.tg_audit()', t);
+  end loop;
+end
+$$;
+
+-- New organizations get finance settings and the default expense categories; existing ones now.
+drop trigger if exists _530_seed_finance on crm.organizations;
+create trigger _530_seed_finance after insert on crm.organizations for each row execute function crm_private.tg_seed_finance();
+insert into crm.finance_settings (organization_id, legal_name) select o.id, o.name from crm.organizations o on conflict (organization_id) do nothing;
+insert into crm.expense_categories (organization_id, name, position)
+select o.id, v.name, v.pos from crm.organizations o
+ cross join (values ('Travel', 1), ('Meals', 2), ('Software', 3), ('Marketing', 4), ('Office', 5), ('Other', 6)) v (name, pos)
+on conflict (organization_id, name) do nothing;
+
+-- Workflow functions -------------------------------------------------------------------------------
+create or replace function crm_private.visible_expense(expense_id uuid) returns crm.expenses
+  language plpgsql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  e crm.expenses;
+begin
+  select * into e from crm.expenses x where x.id = visible_expense.expense_id and x.organization_id = crm.current_org_id() for update;
+  if e.id is null or not (crm.has_permission('expenses:read') or crm.has_permission('expenses:approve') or e.submitted_by = crm.current_user_id()) then
+    raise exception 'No such expense.' using errcode = 'CRNFD', column = 'expenseId';
+  end if;
+  return e;
+end
+$$;
+
+create or replace function crm.submit_expense(expense_id uuid) returns crm.expenses
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  e crm.expenses := crm_private.visible_expense(submit_expense.expense_id);
+begin
+  if e.submitted_by <> crm.current_user_id() then
+    raise exception 'Only the member who recorded an expense submits it.' using errcode = 'CRFBD';
+  end if;
+  if e.status <> 'draft' then
+    raise exception 'Only a draft expense can be submitted (this one is %).', e.status using errcode = 'CRSTA', column = 'expenseId';
+  end if;
+  update crm.expenses x set status = 'submitted', submitted_at = now() where x.id = e.id returning * into e;
+  return e;
+end
+$$;
+comment on function crm.submit_expense(uuid) is 'Submit your own draft expense for approval.';
+
+create or replace function crm_private.decide_expense(expense_id uuid, to_status text, reason text) returns crm.expenses
+  language plpgsql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  e crm.expenses;
+begin
+  perform crm_private.require_permission('expenses:approve');
+  e := crm_private.visible_expense(decide_expense.expense_id);
+  if e.submitted_by = crm.current_user_id() then
+    raise exception 'Nobody approves or rejects their own expense.' using errcode = 'CRFBD', column = 'expenseId';
+  end if;
+  if e.status <> 'submitted' then
+    raise exception 'Only a submitted expense can be %s (this one is %).', to_status, e.status using errcode = 'CRSTA', column = 'expenseId';
+  end if;
+  if length(reason) > 1000 then
+    raise exception 'The reason is too long (at most 1,000 characters).' using errcode = 'CRVAL', column = 'reason';
+  end if;
+  update crm.expenses x set status = to_status, approver_id = crm.current_user_id(), decided_at = now(),
+         decision_reason = nullif(btrim(decide_expense.reason), '')
+   where x.id = e.id
+  returning * into e;
+  return e;
+end
+$$;
+
+create or replace function crm.approve_expense(expense_id uuid, reason text default null) returns crm.expenses
+  language sql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+  select crm_private.decide_expense(expense_id, 'approved', reason)
+$$;
+comment on function crm.approve_expense(uuid, text) is 'Approve a submitted expense (expenses:approve; never your own: FORBIDDEN).';
+
+create or replace function crm.reject_expense(expense_id uuid, reason text) returns crm.expenses
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if reason is null or length(btrim(reason)) = 0 then
+    raise exception 'Say why the expense is rejected.' using errcode = 'CRVAL', column = 'reason';
+  end if;
+  return crm_private.decide_expense(reject_expense.expense_id, 'rejected', reject_expense.reason);
+end
+$$;
+comment on function crm.reject_expense(uuid, text) is 'Reject a submitted expense with a reason (expenses:approve; never your own: FORBIDDEN).';
+
+create or replace function crm.reimburse_expense(expense_id uuid) returns crm.expenses
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  e crm.expenses;
+begin
+  perform crm_private.require_permission('expenses:approve');
+  e := crm_private.visible_expense(reimburse_expense.expense_id);
+  if e.status <> 'approved' then
+    raise exception 'Only an approved expense can be reimbursed (this one is %).', e.status using errcode = 'CRSTA', column = 'expenseId';
+  end if;
+  update crm.expenses x set status = 'reimbursed', reimbursed_at = now() where x.id = e.id returning * into e;
+  return e;
+end
+$$;
+comment on function crm.reimburse_expense(uuid) is 'Mark an approved expense as paid back to its submitter (expenses:approve).';
+
+grant execute on function crm.submit_expense(uuid), crm.approve_expense(uuid, text), crm.reject_expense(uuid, text),
+  crm.reimburse_expense(uuid) to crm_user;
+
+-- A project's cost: its approved and reimbursed expenses, per currency (those the caller sees).
+create or replace function crm.projects_expense_cost(p crm.projects) returns jsonb
+  language sql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(jsonb_object_agg(currency, total::text), '{}'::jsonb)
+    from (select e.currency, sum(e.amount) as total from crm.expenses e
+           where e.organization_id = p.organization_id and e.project_id = p.id and e.status in ('approved', 'reimbursed')
+           group by e.currency) t
+$$;
+comment on function crm.projects_expense_cost(crm.projects) is 'Approved and reimbursed expenses of the project, per currency: {"USD": "120.50"} (with expenses:read; otherwise your own).';
+grant execute on function crm.projects_expense_cost(crm.projects) to crm_user;
+
+--! split: 660-finance-jobs-reports.sql
+-- Finance: overdue invoices (invoices:overdue), recurring billing (invoices:recur), financial
+-- reports, and the payment provider's webhook secret.
+
+-- Overdue notices --------------------------------------------------------------------------------------
+alter type crm.notification_kind add value if not exists 'invoice_overdue';
+insert into crm_private.notification_kind_defaults (kind, default_channel, description) values
+  ('invoice_overdue', 'in_app', 'An invoice of a customer you own, or any invoice for Finance members, is past its due date')
+on conflict (kind) do update set default_channel = excluded.default_channel, description = excluded.description;
+
+-- When an invoice becomes overdue (only the invoices:overdue job moves it there), its customer's owner
+-- and the members holding the Finance role are notified, once per invoice (the dedupe key). The
+-- customer is not e-mailed yet: the messaging module will add its queued, consent-checked e-mail here.
+create or replace function crm_private.tg_invoice_overdue_notify() returns trigger
+  language plpgsql security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  recipients uuid[];
+begin
+  select array_agg(distinct u) into recipients from (
+    select c.owner_id as u from crm.customers c where c.organization_id = new.organization_id and c.id = new.customer_id and c.owner_id is not null
+    union
+    select m.user_id from crm.organization_memberships m
+      join crm.roles r on r.id = m.role_id and r.organization_id = m.organization_id and r.is_system and r.name = 'Finance'
+     where m.organization_id = new.organization_id and m.is_active) x;
+  perform crm_private.notify(new.organization_id, coalesce(recipients, '{}'), 'invoice_overdue',
+    format('Invoice %s is overdue', new.number),
+    format('%s %s was due on %s.', new.balance, new.currency, to_char(new.due_date, 'YYYY-MM-DD')),
+    'invoice', new.id, null,
+    jsonb_build_object('number', new.number, 'balance', new.balance::text, 'currency', new.currency, 'dueDate', new.due_date),
+    'invoice_overdue:' || new.id::text);
+  return null;
+end
+$$;
+drop trigger if exists _300_overdue_notify on crm.invoices;
+create trigger _300_overdue_notify after update of status on crm.invoices
+  for each row when (new.status = 'overdue' and old.status is distinct from 'overdue') execute function crm_private.tg_invoice_overdue_notify();
+
+-- The job: issued and partially paid invoices whose due date has passed (in the organization's time
+-- zone) become overdue. Returns what it marked, for the job's log.
+create or replace function crm_jobs.mark_overdue_invoices(payload jsonb default '{}'::jsonb)
+  returns table (id uuid, number text, customer_id uuid, balance numeric, currency text, due_date date)
+  language sql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  update crm.invoices i set status = 'overdue', overdue_at = now()
+   where i.status in ('issued', 'partially_paid') and i.overdue_at is null
+     and i.due_date < coalesce((payload->>'asOf')::date, (now() at time zone crm_jobs.organization_time_zone())::date)
+  returning i.id, i.number, i.customer_id, i.balance, i.currency, i.due_date
+$$;
+grant execute on function crm_jobs.mark_overdue_invoices(jsonb) to crm_user;
+
+-- Recurring billing ------------------------------------------------------------------------------------
+create table if not exists crm.billing_schedules (
+  id uuid primary key default gen_random_uuid(),
+  organization_id uuid not null default crm.current_org_id() references crm.organizations (id) on delete cascade,
+  customer_id uuid not null,
+  project_id uuid,
+  name text not null constraint billing_schedules_name_length check (length(btrim(name)) between 1 and 200),
+  frequency text not null constraint billing_schedules_frequency_check check (frequency in ('monthly', 'quarterly', 'yearly')),
+  items jsonb not null constraint billing_schedules_items_valid check (jsonb_typeof(items) = 'array' and jsonb_array_length(items) between 1 and 100),
+  currency text not null constraint billing_schedules_currency_format check (currency ~ '^[A-Z]{3}$'),
+  payment_terms_days int constraint billing_schedules_payment_terms_days_range check (payment_terms_days between 0 and 365),
+  start_date date not null,
+  next_date date not null,
+  periods_billed int not null default 0,
+  is_active boolean not null default true,
+  created_by uuid default crm.current_user_id() references crm.users (id) on delete set null,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint billing_schedules_organization_id_id_key unique (organization_id, id),
+  constraint billing_schedules_customer_fkey foreign key (organization_id, customer_id) references crm.customers (organization_id, id) on delete cascade,
+  constraint billing_schedules_project_fkey foreign key (organization_id, project_id) references crm.projects (organization_id, id) on delete set null (project_id)
+);
+create index if not exists billing_schedules_organization_id_customer_id_idx on crm.billing_schedules (organization_id, customer_id);
+create index if not exists billing_schedules_organization_id_project_id_idx on crm.billing_schedules (organization_id, project_id);
+create index if not exists billing_schedules_organization_id_next_date_idx on crm.billing_schedules (organization_id, next_date) where is_active;
+create index if not exists billing_schedules_created_by_idx on crm.billing_schedules (created_by);
+comment on table crm.billing_schedules is E'@behavior -delete\nRecurring billing of a customer: every month, quarter or year from startDate the daily invoices:recur job creates an invoice of these items (issued or a draft, per financeSettings.recurringAutoIssue). Stop it with isActive: false.';
+comment on column crm.billing_schedules.organization_id is E'@behavior -insert -update';
+comment on column crm.billing_schedules.items is 'The lines: [{"description": "Support plan", "quantity": "1", "unitPrice": "99.00", "taxRate": "20"}].';
+comment on column crm.billing_schedules.currency is E'@hasDefault\nISO 4217 code; defaults to the organization''s settings.currency (else USD).';
+comment on column crm.billing_schedules.next_date is E'@behavior -insert -update\nThe date of the next invoice: startDate + periodsBilled × the frequency (month ends stay month ends).';
+comment on column crm.billing_schedules.periods_billed is E'@behavior -insert -update\nInvoices created so far.';
+comment on column crm.billing_schedules.created_by is E'@behavior -insert -update';
+comment on constraint billing_schedules_created_by_fkey on crm.billing_schedules is E'@fieldName creator\n@foreignFieldName createdBillingSchedules';
+
+alter table crm.billing_schedules enable row level security;
+drop policy if exists billing_schedules_select on crm.billing_schedules;
+create policy billing_schedules_select on crm.billing_schedules for select
+  using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('invoices:read')));
+drop policy if exists billing_schedules_insert on crm.billing_schedules;
+create policy billing_schedules_insert on crm.billing_schedules for insert
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('invoices:create'))
+              and exists (select 1 from crm.customers c where c.id = billing_schedules.customer_id)
+              and (project_id is null or exists (select 1 from crm.projects p where p.id = billing_schedules.project_id)));
+drop policy if exists billing_schedules_update on crm.billing_schedules;
+create policy billing_schedules_update on crm.billing_schedules for update
+  using (organization_id = (select crm.current_org_id()) and (select crm.has_permission('invoices:update')))
+  with check (organization_id = (select crm.current_org_id()) and (select crm.has_permission('invoices:update'))
+              and (project_id is null or exists (select 1 from crm.projects p where p.id = billing_schedules.project_id)));
+grant select on crm.billing_schedules to crm_user;
+grant insert (customer_id, project_id, name, frequency, items, currency, payment_terms_days, start_date, is_active),
+      update (project_id, name, items, payment_terms_days, is_active) on crm.billing_schedules to crm_user;
+
+create or replace function crm_private.frequency_interval(frequency text) returns interval
+  language sql immutable parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case frequency when 'monthly' then interval '1 month' when 'quarterly' then interval '3 months' else interval '1 year' end
+$$;
+
+-- The schedule's lines as invoice lines (checked on every write, so the job never meets a bad one).
+create or replace function crm_private.schedule_lines(items jsonb) returns crm.invoice_line[]
+  language sql immutable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(array_agg(row(x->>'description', (x->>'quantity')::numeric, (x->>'unitPrice')::numeric,
+                                 coalesce((x->>'taxRate')::numeric, 0), nullif(x->>'productId', '')::uuid)::crm.invoice_line order by n), '{}')
+    from jsonb_array_elements(items) with ordinality e(x, n)
+$$;
+
+create or replace function crm_private.tg_billing_schedule_defaults() returns trigger
+  language plpgsql security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  line crm.invoice_line;
+begin
+  if tg_op = 'INSERT' then
+    new.currency := coalesce(new.currency, (select settings->>'currency' from crm.organizations where id = new.organization_id), 'USD');
+    new.next_date := new.start_date;
+    new.periods_billed := 0;
+  end if;
+  begin
+    foreach line in array crm_private.schedule_lines(new.items) loop
+      if coalesce(length(btrim(line.description)), 0) = 0 or line.quantity is null or line.quantity <= 0 or line.unit_price is null
+         or line.unit_price < 0 or line.tax_rate not between 0 and 100 then
+        raise exception 'bad line';
+      end if;
+    end loop;
+  exception when others then
+    raise exception 'Each item needs a description, a positive quantity, a unit price of zero or more and a tax rate between 0 and 100.'
+      using errcode = 'CRVAL', column = 'items';
+  end;
+  return new;
+end
+$$;
+drop trigger if exists _120_defaults on crm.billing_schedules;
+create trigger _120_defaults before insert or update on crm.billing_schedules for each row execute function crm_private.tg_billing_schedule_defaults();
+drop trigger if exists _100_updated_at on crm.billing_schedules;
+create trigger _100_updated_at before update on crm.billing_schedules for each row execute function crm_private.tg_set_updated_at();
+drop trigger if exists _800_audit on crm.billing_schedules;
+create trigger _800_audit after insert or update or delete on crm.billing_schedules for each row execute function crm_private.tg_audit();
+
+-- The job's step for one schedule and period, as the system principal (SECURITY DEFINER: it goes
+-- through the same functions a person uses, which check invoices:create and invoices:update).
+create or replace function crm.bill_schedule_period(schedule_id uuid, period int) returns crm.invoices
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  s crm.billing_schedules;
+  i crm.invoices;
+  d date;
+begin
+  perform crm_private.require_permission('invoices:create');
+  select * into s from crm.billing_schedules x where x.id = bill_schedule_period.schedule_id and x.organization_id = crm.current_org_id() for update;
+  if s.id is null then
+    raise exception 'No such billing schedule.' using errcode = 'CRNFD', column = 'scheduleId';
+  end if;
+  select * into i from crm.invoices x where x.organization_id = s.organization_id and x.schedule_id = s.id and x.schedule_period = period;
+  if i.id is not null then
+    return i;  -- already billed: nothing twice
+  end if;
+  d := s.start_date + (period - 1) * crm_private.frequency_interval(s.frequency);
+  i := crm.create_invoice(s.customer_id, crm_private.schedule_lines(s.items), s.currency, s.project_id, null, s.payment_terms_days,
+                          format('%s — period %s (%s)', s.name, period, to_char(d, 'YYYY-MM-DD')));
+  update crm.invoices x set schedule_id = s.id, schedule_period = period where x.id = i.id returning * into i;
+  if (crm_private.finance_settings(s.organization_id)).recurring_auto_issue then
+    i := crm.issue_invoice(i.id, d);
+  end if;
+  update crm.billing_schedules x set periods_billed = greatest(x.periods_billed, period),
+         next_date = x.start_date + greatest(x.periods_billed, period) * crm_private.frequency_interval(x.frequency)
+   where x.id = s.id;
+  return i;
+end
+$$;
+comment on function crm.bill_schedule_period(uuid, int) is E'@behavior -queryField -mutationField\nUsed by the invoices:recur job.';
+grant execute on function crm.bill_schedule_period(uuid, int) to crm_user;
+
+-- invoices:recur: every period of every active schedule whose date has come and that has no invoice
+-- yet (periods missed while the worker was down are billed too, at most 24 per schedule and run).
+create or replace function crm_jobs.bill_recurring(payload jsonb default '{}'::jsonb) returns bigint
+  language sql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  with today as (
+    select coalesce((payload->>'asOf')::date, (now() at time zone crm_jobs.organization_time_zone())::date) as d
+  ), due as (
+    select s.id, n
+      from crm.billing_schedules s, today
+     cross join lateral generate_series(s.periods_billed + 1, s.periods_billed + 24) n
+     where s.is_active and s.next_date <= today.d
+       and s.start_date + (n - 1) * case s.frequency when 'monthly' then interval '1 month' when 'quarterly' then interval '3 months'
+                                                      else interval '1 year' end <= today.d
+  )
+  select count(crm.bill_schedule_period(due.id, due.n)) from (select * from due order by id, n) due
+$$;
+grant execute on function crm_jobs.bill_recurring(jsonb) to crm_user;
+
+-- Financial reports (reports:financial) --------------------------------------------------------------
+-- They run with the caller's rights (row-level security decides which invoices and expenses count).
+drop function if exists crm.finance_revenue_by_month(date, date);
+drop function if exists crm.finance_receivables_aging(date);
+drop function if exists crm.finance_expenses_by_category(date, date);
+drop type if exists crm.finance_revenue_row cascade;
+create type crm.finance_revenue_row as (month date, currency text, invoiced numeric, credited numeric, collected numeric, invoices int);
+comment on type crm.finance_revenue_row is 'One month in one currency: invoiced (totals of invoices issued that month, void ones left out), credited (credit notes written that month) and collected (payments received that month).';
+drop type if exists crm.finance_aging_row cascade;
+create type crm.finance_aging_row as (currency text, "current" numeric, days_1_to_30 numeric, days_31_to_60 numeric, days_61_to_90 numeric,
+                                      days_over_90 numeric, total numeric, invoices int);
+comment on type crm.finance_aging_row is 'Open balances of one currency by days past due: current (not yet due), 1–30, 31–60, 61–90, over 90.';
+drop type if exists crm.finance_expense_row cascade;
+create type crm.finance_expense_row as (month date, category text, currency text, approved numeric, pending numeric, expenses int);
+comment on type crm.finance_expense_row is 'Expenses of one month, category and currency: approved (approved and reimbursed) and pending (submitted).';
+
+-- Revenue by month, per currency, in the organization's time zone.
+create or replace function crm.finance_revenue_by_month(from_date date, to_date date) returns crm.finance_revenue_row[]
+  language plpgsql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tz text := crm_jobs.organization_time_zone();
+  r crm.finance_revenue_row[];
+begin
+  if not crm.has_permission('reports:financial') then
+    raise exception 'You need the reports:financial permission to do this.' using errcode = 'CRFBD';
+  end if;
+  if from_date is null or to_date is null or to_date < from_date or to_date - from_date > 3700 then
+    raise exception 'Give a period of at most ten years: fromDate on or before toDate.' using errcode = 'CRVAL', column = 'to_date';
+  end if;
+  with inv as (
+    select date_trunc('month', i.issue_date)::date as m, i.currency as cur, sum(i.total) as amount, count(*)::int as n
+      from crm.invoices i
+     where i.issued_at is not null and i.status <> 'void' and i.issue_date between from_date and to_date
+     group by 1, 2
+  ), cred as (
+    select date_trunc('month', (c.created_at at time zone tz)::date)::date as m, c.currency as cur, sum(c.amount) as amount
+      from crm.credit_notes c
+     where c.created_at >= (from_date::timestamp at time zone tz) and c.created_at < ((to_date + 1)::timestamp at time zone tz)
+     group by 1, 2
+  ), col as (
+    select date_trunc('month', (p.received_at at time zone tz)::date)::date as m, p.currency as cur, sum(p.amount) as amount
+      from crm.invoice_payments p
+     where p.received_at >= (from_date::timestamp at time zone tz) and p.received_at < ((to_date + 1)::timestamp at time zone tz)
+     group by 1, 2
+  ), keys as (select m, cur from inv union select m, cur from cred union select m, cur from col)
+  select coalesce(array_agg(row(k.m, k.cur, coalesce(inv.amount, 0), coalesce(cred.amount, 0), coalesce(col.amount, 0),
+                                coalesce(inv.n, 0))::crm.finance_revenue_row order by k.m, k.cur), '{}')
+    into r
+    from keys k
+    left join inv on inv.m = k.m and inv.cur = k.cur
+    left join cred on cred.m = k.m and cred.cur = k.cur
+    left join col on col.m = k.m and col.cur = k.cur;
+  return r;
+end
+$$;
+comment on function crm.finance_revenue_by_month(date, date) is 'Revenue per month and currency (reports:financial): invoiced (issued, not void, by issue date), credited (credit notes) and collected (payments received).';
+
+-- Receivables aging, per currency: open balances of issued invoices by days past due, as of a date.
+create or replace function crm.finance_receivables_aging(as_of date default null) returns crm.finance_aging_row[]
+  language plpgsql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  d date := coalesce(as_of, (now() at time zone crm_jobs.organization_time_zone())::date);
+  r crm.finance_aging_row[];
+begin
+  if not crm.has_permission('reports:financial') then
+    raise exception 'You need the reports:financial permission to do this.' using errcode = 'CRFBD';
+  end if;
+  select coalesce(array_agg(x order by x.currency), '{}') into r from (
+    select i.currency,
+           coalesce(sum(i.balance) filter (where d - i.due_date <= 0), 0),
+           coalesce(sum(i.balance) filter (where d - i.due_date between 1 and 30), 0),
+           coalesce(sum(i.balance) filter (where d - i.due_date between 31 and 60), 0),
+           coalesce(sum(i.balance) filter (where d - i.due_date between 61 and 90), 0),
+           coalesce(sum(i.balance) filter (where d - i.due_date > 90), 0),
+           sum(i.balance), count(*)::int
+      from crm.invoices i
+     where i.status in ('issued', 'partially_paid', 'overdue') and i.balance > 0 and i.issue_date <= d
+     group by i.currency) x;
+  return r;
+end
+$$;
+comment on function crm.finance_receivables_aging(date) is 'Open balances of issued invoices per currency by days past due (reports:financial): current (not yet due), 1–30, 31–60, 61–90 and over 90 days, as of a date (default today).';
+
+create or replace function crm.finance_expenses_by_category(from_date date, to_date date) returns crm.finance_expense_row[]
+  language plpgsql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  r crm.finance_expense_row[];
+begin
+  if not crm.has_permission('reports:financial') then
+    raise exception 'You need the reports:financial permission to do this.' using errcode = 'CRFBD';
+  end if;
+  if from_date is null or to_date is null or to_date < from_date or to_date - from_date > 3700 then
+    raise exception 'Give a period of at most ten years: fromDate on or before toDate.' using errcode = 'CRVAL', column = 'to_date';
+  end if;
+  select coalesce(array_agg(x order by x.month, x.category, x.currency), '{}') into r from (
+    select date_trunc('month', e.spent_on)::date as month, c.name::text as category, e.currency,
+           coalesce(sum(e.amount) filter (where e.status in ('approved', 'reimbursed')), 0),
+           coalesce(sum(e.amount) filter (where e.status = 'submitted'), 0),
+           count(*)::int
+      from crm.expenses e join crm.expense_categories c on c.id = e.category_id
+     where e.spent_on between from_date and to_date and e.status in ('submitted', 'approved', 'reimbursed')
+     group by 1, 2, 3) x;
+  return r;
+end
+$$;
+comment on function crm.finance_expenses_by_category(date, date) is 'Expenses per month, category and currency (reports:financial): approved (approved and reimbursed) and pending (submitted).';
+
+grant execute on function crm.finance_revenue_by_month(date, date), crm.finance_receivables_aging(date),
+  crm.finance_expenses_by_category(date, date) to crm_user;
+
+-- Payment provider webhook secret ----------------------------------------------------------------------
+create table if not exists crm_private.payment_webhook_secrets (
+  organization_id uuid not null references crm.organizations (id) on delete cascade,
+  provider text not null,
+  secret text not null,
+  updated_at timestamptz not null default now(),
+  primary key (organization_id, provider)
+);
+alter table crm_private.payment_webhook_secrets enable row level security;
+drop policy if exists no_access on crm_private.payment_webhook_secrets;
+create policy no_access on crm_private.payment_webhook_secrets using (false);
+
+drop function if exists crm.set_payment_webhook_secret(text, text);
+create or replace function crm.set_payment_webhook_secret(provider text, secret text default null) returns boolean
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+begin
+  perform crm_private.require_permission('settings:manage');
+  if set_payment_webhook_secret.provider is distinct from 'stripe' then
+    raise exception 'The provider must be stripe.' using errcode = 'CRVAL', column = 'provider';
+  end if;
+  if set_payment_webhook_secret.secret is null then
+    delete from crm_private.payment_webhook_secrets s where s.organization_id = crm.current_org_id() and s.provider = set_payment_webhook_secret.provider;
+    return false;
+  end if;
+  if set_payment_webhook_secret.secret !~ '^whsec_[A-Za-z0-9+/=_-]{8,200}$' then
+    raise exception 'A Stripe signing secret starts with whsec_.' using errcode = 'CRVAL', column = 'secret';
+  end if;
+  insert into crm_private.payment_webhook_secrets (organization_id, provider, secret) values (crm.current_org_id(), set_payment_webhook_secret.provider, set_payment_webhook_secret.secret)
+  on conflict (organization_id, provider) do update set secret = excluded.secret, updated_at = now();
+  return true;
+end
+$$;
+comment on function crm.set_payment_webhook_secret(text, text) is 'Store (or, with secret null, remove) the signing secret of the organization''s Stripe webhook endpoint (settings:manage). It is never shown again.';
+grant execute on function crm.set_payment_webhook_secret(text, text) to crm_user;
+
+-- The payment webhook (called by the server with the owner's connection after the signature is
+-- verified): the secret of an organization, and recording a payment as its system principal.
+create or replace function crm_private.payment_webhook_secret(org uuid, provider text) returns text
+  language sql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select s.secret from crm_private.payment_webhook_secrets s where s.organization_id = org and s.provider = payment_webhook_secret.provider
+$$;
+
+-- Returns the invoice's status after the payment, or raises (NOT_FOUND, VALIDATION, INVALID_STATE).
+create or replace function crm_private.record_provider_payment(org uuid, provider text, event_id text, invoice_id uuid, amount_minor bigint,
+                                                               currency text, reference text)
+  returns crm.invoice_payments
+  language plpgsql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  i crm.invoices;
+  p crm.invoice_payments;
+begin
+  perform set_config('jwt.claims.org', org::text, true), set_config('jwt.claims.sub', crm.system_principal_id(org)::text, true);
+  -- The invoice first, locked: replays of one event queue here, then find the payment recorded.
+  select * into i from crm.invoices x where x.organization_id = org and x.id = record_provider_payment.invoice_id for update;
+  if i.id is null then
+    raise exception 'No such invoice.' using errcode = 'CRNFD', column = 'invoiceId';
+  end if;
+  select * into p from crm.invoice_payments x where x.organization_id = org and x.provider = record_provider_payment.provider
+     and x.provider_event_id = event_id;
+  if p.id is not null then
+    return p;  -- a replay
+  end if;
+  if upper(currency) <> i.currency then
+    raise exception 'The payment is in %, the invoice in %.', upper(currency), i.currency using errcode = 'CRVAL', column = 'currency';
+  end if;
+  return crm_private.invoice_payment(i, amount_minor / power(10::numeric, crm_private.currency_scale(i.currency)), 'card', reference,
+                                     now(), null, null, provider, event_id);
+end
+$$;
+
+--! split: 690-finance-client-viewer.sql
+-- Client principals (seed 002's Client Viewer, "own only"): a member linked to one customer sees
+-- that customer, its invoices (and their lines) and its projects, and nothing else.
+--
+-- Two kinds of policy do it:
+--   * permissive ones that show the linked customer's rows to holders of the …:read_client codes;
+--   * a RESTRICTIVE `<table>_client_guard` on every tenant table in crm: for a linked member it lets
+--     through only those rows, whatever else their role holds. For everyone else it is
+--     `(select crm.client_customer_id()) is null`, one InitPlan per statement.
+-- A module adding a tenant table must re-run this file's loop (crm_private.apply_client_guards()):
+-- the generated isolation test fails for a table a client principal can read without the guard.
+
+drop policy if exists customers_select_client on crm.customers;
+create policy customers_select_client on crm.customers for select
+  using (organization_id = (select crm.current_org_id()) and deleted_at is null
+         and (select crm.has_permission('customers:read_client')) and id = (select crm.client_customer_id()));
+drop policy if exists projects_select_client on crm.projects;
+create policy projects_select_client on crm.projects for select
+  using (organization_id = (select crm.current_org_id()) and deleted_at is null
+         and (select crm.has_permission('projects:read_client')) and customer_id = (select crm.client_customer_id()));
+
+-- The rows a client principal may see in the tables it may see at all; every other tenant table
+-- shows it nothing.
+create or replace function crm_private.apply_client_guards() returns void
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t record;
+  cond text;
+begin
+  for t in
+    select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = 'crm' and c.relkind in ('r', 'p')
+       and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'organization_id' and not a.attisdropped)
+  loop
+    cond := case t.relname
+      when 'customers' then 'id = (select crm.client_customer_id())'
+      when 'projects' then 'customer_id = (select crm.client_customer_id())'
+      when 'invoices' then 'customer_id = (select crm.client_customer_id())'
+      when 'invoice_items' then 'true'  -- through its invoice's policy
+      -- Their own membership row, so the session knows who they are.
+      when 'organization_memberships' then 'user_id = (select crm.current_user_id())'
+      else 'false' end;
+    execute format('drop policy if exists %I on crm.%I', t.relname || '_client_guard', t.relname);
+    execute format('create policy %I on crm.%I as restrictive for select using ((select crm.client_customer_id()) is null
+                      or (organization_id = (select crm.current_org_id()) and %s))',
+                   t.relname || '_client_guard', t.relname, cond);
+  end loop;
+end
+$$;
+select crm_private.apply_client_guards();
+
+-- setClientCustomer: link a member to one customer as its client principal (or unlink with null).
+create or replace function crm.set_client_customer(membership_id uuid, customer_id uuid) returns crm.organization_memberships
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  m crm.organization_memberships;
+begin
+  perform crm_private.require_permission('users:update');
+  select * into m from crm.organization_memberships x where x.id = set_client_customer.membership_id and x.organization_id = crm.current_org_id();
+  if m.id is null then
+    raise exception 'No such member.' using errcode = 'CRNFD', column = 'membershipId';
+  end if;
+  if m.user_id = crm.current_user_id() then
+    raise exception 'You cannot make yourself a client principal.' using errcode = 'CRFBD', column = 'membershipId';
+  end if;
+  if set_client_customer.customer_id is not null then
+    perform crm_private.visible_customer(set_client_customer.customer_id);
+  end if;
+  update crm.organization_memberships x set client_customer_id = set_client_customer.customer_id where x.id = m.id returning * into m;
+  return m;
+end
+$$;
+comment on function crm.set_client_customer(uuid, uuid) is 'Link a member to one customer as its client principal (users:update), or unlink them (customerId null). Give them the Client Viewer role: they then see only that customer, its invoices and its projects.';
+grant execute on function crm.set_client_customer(uuid, uuid) to crm_user;
+
+-- References a caller sets must point at rows they can see (the generic guard of 000011).
+select crm_private.guard_references(t::regclass)
+  from unnest(array['crm.invoices', 'crm.invoice_items', 'crm.invoice_payments', 'crm.credit_notes', 'crm.expenses', 'crm.billing_schedules']) t;
