@@ -6,6 +6,7 @@ import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
 import { runTenantJob, sqlTenantJob, TenantJobBusyError, type TenantJobFn } from "./runner.ts";
 import { makeDraftEmails, makeReadNotes, makeScoreLeads, makeTrainLeadModel } from "../ai/jobs.ts";
+import { scoreRfm } from "../tasks/rfm-score.ts";
 
 /**
  * When the fan-out enqueues the task for each organization, in the organization's time zone:
@@ -37,6 +38,12 @@ export const TENANT_TASKS = [
     schedule: "daily",
     summary: "Creates the next occurrence of every recurring task whose interval has passed (crm.tasks: inserts occurrences, moves the template's lastTriggeredAt).",
     sqlFunction: "crm_jobs.recur_tasks",
+  },
+  {
+    identifier: "rfm:score",
+    schedule: "daily",
+    summary: "Scores every customer (crm.customers: R, F, M, score, raw values, rfmScoredAt; levels through customerLevels.minimumScore, hand-set levels kept), logs the run (crm.rfm_runs, crm.rfm_scores) and prunes runs past retention; also on recalculateRfm.",
+    handler: scoreRfm,
   },
   {
     identifier: "ai:score-leads",
