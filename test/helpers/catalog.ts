@@ -85,6 +85,7 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
   "crm.score_leads":
     "AI: checks ai:use and that every id is a customer or contact the caller sees (NOT_FOUND otherwise), unpins those scores and enqueues the scoring job",
+  "crm.recalculate_rfm": "RFM: checks settings:manage, then queues a run (crm.rfm_runs is written by the job's system principal only) and the rfm:score job",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

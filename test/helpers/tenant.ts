@@ -126,6 +126,20 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
   await q("insert into crm.ai_insights (organization_id, customer_id, sentiment, summary, model) values ($1, $2, 0.5, 'Fixture', 'fixture')", [
     org.id, customerId,
   ]);
+  // RFM: a completed run with the customer's scores in it (the settings row comes with the organization).
+  const rfmRun = (
+    await q(
+      `insert into crm.rfm_runs (organization_id, reason, status, as_of, finished_at, mode, customers_scored, levels_changed)
+       values ($1, 'scheduled', 'completed', now(), now(), 'thresholds', 1, 0) returning id`,
+      [org.id],
+    )
+  ).rows[0].id as string;
+  await q(
+    `insert into crm.rfm_scores (organization_id, run_id, customer_id, recency_score, frequency_score, monetary_score, score,
+                                 recency_days, order_count, monetary_value, level_before_id, level_after_id)
+     values ($1, $2, $3, 5, 1, 2, 2.67, 0, 1, 100, $4, $4)`,
+    [org.id, rfmRun, customerId, gold],
+  );
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
   return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId };
 }
