@@ -127,7 +127,7 @@ end
 $$;
 
 create or replace function crm_private.tg_rfm_settings_valid() returns trigger
-  language plpgsql
+  language plpgsql security definer
   set search_path = pg_catalog, pg_temp
 as $$
 begin

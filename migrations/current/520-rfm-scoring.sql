@@ -237,7 +237,7 @@ begin
     -- Quintiles: customers with the same value share the highest tile among them (ceil(5 × cume_dist)).
     select t.customer_id, t.recency_days, t.order_count, t.monetary_value,
            case when s.mode = 'quintiles' then max(t.r_tile) over (partition by t.recency_days)
-                else crm_jobs.rfm_threshold_score(greatest(t.recency_days, 0), s.recency_breaks::numeric[], false) end as r,
+                else crm_jobs.rfm_threshold_score(t.recency_days, s.recency_breaks::numeric[], false) end as r,
            case when s.mode = 'quintiles' then max(t.f_tile) over (partition by t.order_count)
                 else crm_jobs.rfm_threshold_score(t.order_count, s.frequency_breaks::numeric[], true) end as f,
            case when s.mode = 'quintiles' then max(t.m_tile) over (partition by t.monetary_value)
@@ -246,7 +246,7 @@ begin
   ), scored as (
     select c.id, c.level_id as level_before, c.level_set_by_hand,
            coalesce(q.r, 1)::smallint as r, coalesce(q.f, 1)::smallint as f, coalesce(q.m, 1)::smallint as m,
-           greatest(q.recency_days, 0) as recency_days, coalesce(q.order_count, 0) as order_count,
+           q.recency_days, coalesce(q.order_count, 0) as order_count,
            coalesce(q.monetary_value, 0) as monetary_value,
            round((s.recency_weight * coalesce(q.r, 1) + s.frequency_weight * coalesce(q.f, 1) + s.monetary_weight * coalesce(q.m, 1)) / w_sum, 2) as score
       from crm.customers c
@@ -284,9 +284,9 @@ begin
            'lookbackDays', s.lookback_days, 'countedStatuses', s.counted_statuses)
    where r.id = run;
 
-  -- Retention: runs (and their scores) older than the organization keeps them.
+  -- Retention: runs (and their scores) scored longer ago than the organization keeps them.
   delete from crm.rfm_runs r
-   where r.status = 'completed' and r.requested_at < t_now - make_interval(days => s.scores_retention_days);
+   where r.status = 'completed' and r.as_of < t_now - make_interval(days => s.scores_retention_days);
 
   return n_scored;
 end
