@@ -42,7 +42,7 @@ create table if not exists crm.rfm_settings (
   constraint rfm_settings_organization_unique unique (organization_id),
   constraint rfm_settings_organization_id_id_key unique (organization_id, id)
 );
-comment on table crm.rfm_settings is E'@behavior -insert -update -delete -query:resource:list -query:resource:connection\nHow RFM scoring scores this organization''s customers (docs/rfm.md): thresholds or quintiles, the break-points, the weights, the lookback window, the order statuses that count, and how long per-run scores are kept. Read with rfmSettings, changed with updateRfmSettings (settings:manage).';
+comment on table crm.rfm_settings is E'@behavior -insert -update -delete\nHow RFM scoring scores this organization''s customers (docs/rfm.md): thresholds or quintiles, the break-points, the weights, the lookback window, the order statuses that count, and how long per-run scores are kept. Read with rfmSettings (one row) or organization.rfmSetting, changed with updateRfmSettings (settings:manage).';
 comment on column crm.rfm_settings.organization_id is E'@behavior -insert -update';
 comment on column crm.rfm_settings.mode is 'thresholds: fixed break-points give the 1–5 scores; quintiles: ntile(5) of the organization''s buying customers (ties share the higher score).';
 comment on column crm.rfm_settings.recency_breaks is 'Four strictly increasing numbers of days since the last counted order: at most the first → R 5, the second → 4, the third → 3, the fourth → 2, more → 1 (thresholds mode).';
@@ -199,15 +199,8 @@ $$;
 select crm_private.seed_rfm_settings(id) from crm.organizations;
 
 -- API --------------------------------------------------------------------------------------------------
--- rfmSettings: the organization's settings (every member may read them).
-create or replace function crm.current_rfm_settings() returns crm.rfm_settings
-  language sql stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select s from crm.rfm_settings s where s.organization_id = crm.current_org_id()
-$$;
-comment on function crm.current_rfm_settings() is E'@name rfmSettings\nThe organization''s RFM settings (docs/rfm.md).';
-grant execute on function crm.current_rfm_settings() to crm_user;
+-- rfmSettings is the table's list (one row: the organization's); organization.rfmSetting the same row.
+drop function if exists crm.current_rfm_settings();
 
 -- updateRfmSettings: change any of the settings (the others are kept); settings:manage.
 create or replace function crm.update_rfm_settings(

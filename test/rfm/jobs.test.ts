@@ -150,8 +150,9 @@ describe("over GraphQL", () => {
   });
 
   test("rfmSettings for every member; updateRfmSettings with settings:manage, VALIDATION naming the field", async () => {
-    const read = await as(rep, "{ rfmSettings { mode recencyBreaks frequencyBreaks monetaryBreaks recencyWeight lookbackDays countedStatuses } }");
-    expect(read.data.rfmSettings).toMatchObject({ mode: "thresholds", recencyBreaks: [30, 90, 180, 365], lookbackDays: 730, countedStatuses: ["paid", "partially_paid"] });
+    const read = await as(rep, "{ rfmSettings { nodes { mode recencyBreaks frequencyBreaks monetaryBreaks recencyWeight lookbackDays countedStatuses } } }");
+    expect(read.data.rfmSettings.nodes).toHaveLength(1);
+    expect(read.data.rfmSettings.nodes[0]).toMatchObject({ mode: "thresholds", recencyBreaks: [30, 90, 180, 365], lookbackDays: 730, countedStatuses: ["paid", "partially_paid"] });
     const update = `mutation ($patch: UpdateRfmSettingsInput!) { updateRfmSettings(input: $patch) { result { mode recencyBreaks monetaryWeight } } }`;
     expect((await as(rep, update, { patch: { mode: "quintiles" } })).errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     const bad = await as(admin, update, { patch: { recencyBreaks: [30, 20, 180, 365] } });
