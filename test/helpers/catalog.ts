@@ -85,6 +85,8 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
   "crm.score_leads":
     "AI: checks ai:use and that every id is a customer or contact the caller sees (NOT_FOUND otherwise), unpins those scores and enqueues the scoring job",
+  "crm.expire_loyalty_points_as_job":
+    "loyalty:expire tenant job: refuses everyone but the organization's system principal, then appends expiries to the append-only ledger (not writable by crm_user) under the loyalty lock; hidden from the API",
   "crm.recalculate_rfm": "RFM: checks settings:manage, then queues a run (crm.rfm_runs is written by the job's system principal only) and the rfm:score job",
 };
 

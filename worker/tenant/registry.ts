@@ -46,6 +46,12 @@ export const TENANT_TASKS = [
     handler: scoreRfm,
   },
   {
+    identifier: "loyalty:expire",
+    schedule: "daily",
+    summary: "Expires the loyalty points past their date (crm.loyalty_ledger: one expire entry per customer with points due), under the organization's loyalty lock.",
+    sqlFunction: "crm_jobs.expire_points",
+  },
+  {
     identifier: "ai:score-leads",
     schedule: "daily",
     summary: "Scores every customer and contact (crm.customers, crm.contacts: leadScore, leadScoreReasons, leadScoreModel, leadScoredAt; crm.lead_score_history) with the local model or Amazon Bedrock; also a minute after a change that feeds the features, and on scoreLeads.",
