@@ -67,6 +67,7 @@ export default async function rfmBench(ctx: BenchContext): Promise<void> {
     floors.push(performance.now() - t0);
   }
   const floor = median(floors);
+  process.stdout.write(`floor (aggregate + ntile): ${floors.map((x) => x.toFixed(0)).join(", ")} ms\n`);
 
   // The job: the first run moves many levels (the seeded levels follow spend, not RFM), later runs few.
   const modeRows: [string, number, number][] = [];
@@ -77,6 +78,7 @@ export default async function rfmBench(ctx: BenchContext): Promise<void> {
     const steady: number[] = [];
     for (let i = 0; i < RUNS; i++) steady.push(await job());
     const s = median(steady);
+    process.stdout.write(`rfm:score ${mode}: first ${first.toFixed(0)} ms (${firstRun.levels_changed} levels changed), then ${steady.map((x) => x.toFixed(0)).join(", ")} ms\n`);
     rows.push(line([`rfm:score, ${mode}, first run (${firstRun.levels_changed.toLocaleString("en")} levels changed)`, first.toFixed(0), (first / floor).toFixed(2), ""]));
     rows.push(line([`rfm:score, ${mode}, steady (median of ${RUNS})`, s.toFixed(0), (s / floor).toFixed(2), ""]));
     modeRows.push([mode, first, s]);
@@ -107,13 +109,14 @@ export default async function rfmBench(ctx: BenchContext): Promise<void> {
       const f = 1 + [2, 3, 5, 10].filter((b) => a.n >= b).length;
       const m = 1 + [100, 250, 500, 1000].filter((b) => Number(a.money ?? 0) >= b).length;
       await client.query(
-        `update crm.customers set rfm_recency_score = $2, rfm_frequency_score = $3, rfm_monetary_score = $4,
-                rfm_score = round(($2 + $3 + $4) / 3.0, 2), rfm_recency_days = $5, rfm_order_count = $6,
-                rfm_monetary_value = coalesce($7, 0), rfm_scored_at = now() where id = $1`,
+        `update crm.customers set rfm_recency_score = $2::int, rfm_frequency_score = $3::int, rfm_monetary_score = $4::int,
+                rfm_score = round(($2::int + $3::int + $4::int) / 3.0, 2), rfm_recency_days = $5, rfm_order_count = $6,
+                rfm_monetary_value = coalesce($7::numeric, 0), rfm_scored_at = now() where id = $1`,
         [id, r, f, m, a.days, a.n, a.money],
       );
     }
     loopMs = ((performance.now() - t0) / sample.length) * customers;
+    process.stdout.write(`per-customer loop: ${(performance.now() - t0).toFixed(0)} ms for ${sample.length} customers\n`);
   } finally {
     await client.query("rollback");
     client.release();
