@@ -165,16 +165,50 @@ create trigger _175_rfm_guard before update of rfm_recency_score, rfm_frequency_
   rfm_recency_days, rfm_order_count, rfm_monetary_value, rfm_scored_at, level_id on crm.customers
   for each row execute function crm_private.tg_customer_rfm_guard();
 
--- The audit log records level changes (level_id, level_changed_at), not the daily scores: those are in
--- crm.rfm_scores per run. The customers' audit trigger leaves the RFM columns out.
+-- The nightly scoring writes every customer row of the organization. Those writes are not edits of
+-- the customer: while the scoring statement runs (cairn.rfm_scoring = on, set by crm_jobs.score_rfm,
+-- and only for the organization's system principal) the customers' triggers that follow edits stay
+-- quiet — updated_at is not moved, no audit entry unless the level changed (the audit trigger leaves
+-- the RFM columns out anyway), no live-subscription or webhook event per customer, no lead-scoring
+-- check. Level changes still go through _115_level_stamp, _310_level_change (history, promotion
+-- event) and the audit log; scores are in crm.rfm_scores per run.
+create or replace function crm_jobs.rfm_scoring() returns boolean
+  language sql stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(current_setting('cairn.rfm_scoring', true), '') = 'on'
+     and crm.current_user_id() is not distinct from crm.system_principal_id(crm.current_org_id())
+$$;
+grant execute on function crm_jobs.rfm_scoring() to crm_user;
+
+drop trigger if exists _100_updated_at on crm.customers;
+create trigger _100_updated_at before update on crm.customers for each row
+  when (not crm_jobs.rfm_scoring()) execute function crm_private.tg_set_updated_at();
+drop trigger if exists _170_lead_score on crm.customers;
+create trigger _170_lead_score before insert or update on crm.customers for each row
+  when (not crm_jobs.rfm_scoring()) execute function crm_private.tg_lead_score_guard();
 drop trigger if exists _800_audit on crm.customers;
-create trigger _800_audit after update or delete on crm.customers for each row
+create trigger _800_audit after update on crm.customers for each row
+  when (not crm_jobs.rfm_scoring() or old.level_id is distinct from new.level_id)
+  execute function crm_private.tg_audit('search_vector', 'rfm_recency_score', 'rfm_frequency_score', 'rfm_monetary_score',
+    'rfm_score', 'rfm_recency_days', 'rfm_order_count', 'rfm_monetary_value', 'rfm_scored_at');
+drop trigger if exists _800_audit_delete on crm.customers;
+create trigger _800_audit_delete after delete on crm.customers for each row
   execute function crm_private.tg_audit('search_vector', 'rfm_recency_score', 'rfm_frequency_score', 'rfm_monetary_score',
     'rfm_score', 'rfm_recency_days', 'rfm_order_count', 'rfm_monetary_value', 'rfm_scored_at');
 drop trigger if exists _800_audit_insert on crm.customers;
 create trigger _800_audit_insert after insert on crm.customers referencing new table as new_rows
   for each statement execute function crm_private.tg_audit_inserted('search_vector', 'rfm_recency_score', 'rfm_frequency_score',
     'rfm_monetary_score', 'rfm_score', 'rfm_recency_days', 'rfm_order_count', 'rfm_monetary_value', 'rfm_scored_at');
+drop trigger if exists _600_lead_scoring_update on crm.customers;
+create trigger _600_lead_scoring_update after update on crm.customers referencing old table as old_rows new table as new_rows
+  for each statement when (not crm_jobs.rfm_scoring()) execute function crm_private.tg_lead_subject_changed('customer');
+drop trigger if exists _700_realtime_update on crm.customers;
+create trigger _700_realtime_update after update on crm.customers referencing old table as old_rows new table as new_rows
+  for each statement when (not crm_jobs.rfm_scoring()) execute function crm_private.tg_realtime_changes('customers');
+drop trigger if exists _710_webhooks_update on crm.customers;
+create trigger _710_webhooks_update after update on crm.customers referencing old table as old_rows new table as new_rows
+  for each statement when (not crm_jobs.rfm_scoring()) execute function crm_private.tg_webhook_outbox('customer');
 
 -- Scoring ----------------------------------------------------------------------------------------------------
 -- R, F, M for one value under the thresholds rules (docs/rfm.md).
@@ -221,7 +255,8 @@ begin
   end if;
 
   perform set_config('cairn.level_change_source', 'rfm', true),
-          set_config('cairn.level_change_reason', format('RFM score (%s)', s.mode), true);
+          set_config('cairn.level_change_reason', format('RFM score (%s)', s.mode), true),
+          set_config('cairn.rfm_scoring', 'on', true);
 
   -- One statement for the whole organization: aggregate the counted orders per customer, score them
   -- (fixed break-points or quintiles), map the score to a level, update the customers and log the run.
@@ -284,7 +319,8 @@ begin
   )
   select count(*), count(*) filter (where level_changed) into n_scored, n_changed from upd;
 
-  perform set_config('cairn.level_change_source', '', true), set_config('cairn.level_change_reason', '', true);
+  perform set_config('cairn.level_change_source', '', true), set_config('cairn.level_change_reason', '', true),
+          set_config('cairn.rfm_scoring', '', true);
 
   update crm.rfm_runs r
      set status = 'completed', finished_at = clock_timestamp(), customers_scored = n_scored, levels_changed = n_changed,
