@@ -79,6 +79,22 @@ export interface Config {
   hardening: HardeningConfig;
   /** Lead scoring, drafts and insights: the local model or Amazon Bedrock (docs/ai.md). */
   ai: AiConfig;
+  /** RFM settings a new organization starts with (docs/rfm.md); written to the database at start-up. */
+  rfmDefaults: RfmDefaults;
+}
+
+/** The crm.rfm_settings of a new organization (snake_case: stored as given in crm_private.rfm_defaults). */
+export interface RfmDefaults {
+  mode: "thresholds" | "quintiles";
+  recency_breaks: number[];
+  frequency_breaks: number[];
+  monetary_breaks: number[];
+  recency_weight: number;
+  frequency_weight: number;
+  monetary_weight: number;
+  lookback_days: number;
+  counted_statuses: string[];
+  scores_retention_days: number;
 }
 
 /** AI provider (docs/ai.md). */
@@ -293,6 +309,45 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     realtime: realtimeConfig(env, isProduction),
     hardening: hardeningConfig(env, nodeEnv),
     ai: aiConfig(env),
+    rfmDefaults: rfmDefaults(env),
+  };
+}
+
+/** Four strictly increasing numbers ≥ min, e.g. "30,90,180,365". */
+function breaks(name: string, raw: string | undefined, fallback: number[], integer: boolean, min: number): number[] {
+  if (raw === undefined || raw === "") return fallback;
+  const values = list(raw).map(Number);
+  const ok =
+    values.length === 4 &&
+    values.every((v) => Number.isFinite(v) && v >= min && (!integer || Number.isInteger(v))) &&
+    values.every((v, i) => i === 0 || v > values[i - 1]!);
+  if (!ok) throw new ConfigError(`${name} must be four strictly increasing ${integer ? "whole numbers" : "numbers"} of at least ${min}, comma-separated (got "${raw}")`);
+  return values;
+}
+
+function rfmDefaults(env: NodeJS.ProcessEnv): RfmDefaults {
+  const mode = (env.RFM_DEFAULT_MODE || "thresholds").toLowerCase();
+  if (mode !== "thresholds" && mode !== "quintiles") throw new ConfigError(`RFM_DEFAULT_MODE must be thresholds or quintiles (got "${mode}")`);
+  const rawWeights = env.RFM_DEFAULT_WEIGHTS;
+  const weights = rawWeights ? list(rawWeights).map(Number) : [1, 1, 1];
+  if (weights.length !== 3 || weights.some((w) => !Number.isFinite(w) || w < 0 || w > 100) || weights.every((w) => w === 0)) {
+    throw new ConfigError(`RFM_DEFAULT_WEIGHTS must be three weights for R,F,M between 0 and 100, not all 0 (got "${rawWeights}")`);
+  }
+  const statuses = env.RFM_DEFAULT_COUNTED_STATUSES ? list(env.RFM_DEFAULT_COUNTED_STATUSES) : ["paid", "partially_paid"];
+  if (!statuses.length || statuses.some((x) => !["pending", "partially_paid", "paid"].includes(x))) {
+    throw new ConfigError(`RFM_DEFAULT_COUNTED_STATUSES must list pending, partially_paid and/or paid (got "${env.RFM_DEFAULT_COUNTED_STATUSES}")`);
+  }
+  return {
+    mode,
+    recency_breaks: breaks("RFM_DEFAULT_RECENCY_DAYS", env.RFM_DEFAULT_RECENCY_DAYS, [30, 90, 180, 365], true, 0),
+    frequency_breaks: breaks("RFM_DEFAULT_FREQUENCY_ORDERS", env.RFM_DEFAULT_FREQUENCY_ORDERS, [2, 3, 5, 10], true, 1),
+    monetary_breaks: breaks("RFM_DEFAULT_MONETARY", env.RFM_DEFAULT_MONETARY, [100, 250, 500, 1000], false, 0),
+    recency_weight: weights[0]!,
+    frequency_weight: weights[1]!,
+    monetary_weight: weights[2]!,
+    lookback_days: int(env, "RFM_DEFAULT_LOOKBACK_DAYS", 730, 1, 3650),
+    counted_statuses: statuses,
+    scores_retention_days: int(env, "RFM_SCORES_RETENTION_DAYS", 180, 1, 3650),
   };
 }
 

@@ -15,6 +15,7 @@ import { makePrincipalResolver } from "./auth/principal.ts";
 import { migrationsCurrent } from "./db/migrations.ts";
 import { ensureDemoTenant, type DemoAccess } from "./db/demo.ts";
 import { seedDemoData } from "./db/seed-demo.ts";
+import { applyRfmDefaults } from "./db/rfm-defaults.ts";
 import { makeDemoSignIn } from "./auth/demo-sign-in.ts";
 import { withSessionCheck } from "./auth/request-settings.ts";
 
@@ -149,6 +150,8 @@ export async function startService(config: Config, logger: Logger, opts: StartOp
     });
     cleanups.push(() => authPool.end());
 
+    // The RFM settings new organizations start with (RFM_DEFAULT_*), checked by the database.
+    await applyRfmDefaults(ownerPool, config);
     const jwtSecret = await resolveJwtSecret(config);
     // The demo tenant: on the embedded development database only (DEMO_DATA), never in production.
     const demo =

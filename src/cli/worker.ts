@@ -4,6 +4,7 @@ import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../logger.ts";
 import { migrate } from "../db/bootstrap.ts";
 import { startWorker } from "../../worker/runner.ts";
+import { applyRfmDefaults } from "../db/rfm-defaults.ts";
 
 const config = loadConfigOrExit();
 const logger = createLogger(config.logLevel);
@@ -17,6 +18,7 @@ pool.on("connect", (client) => client.on("error", (err) => logger.warn({ err }, 
 // Tenant jobs run their transactions on the authenticator connection (as crm_user, like requests).
 const authPool = new pg.Pool({ connectionString: connections.authUrl, max: config.workerConcurrency });
 authPool.on("error", (err) => logger.error({ err }, "authenticator pool error"));
+await applyRfmDefaults(pool, config);
 const runner = await startWorker({ config, logger, ownerPool: pool, authPool });
 let stopping = false;
 const stop = async (signal: string) => {

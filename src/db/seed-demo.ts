@@ -1018,6 +1018,13 @@ export async function seedDemoData(db: Queryable, organizationId: string, option
     );
     const stale = sizes.filter((r) => r.tuples < 0 || (added[r.name] ?? 0) * 10 >= r.tuples).map((r) => `crm.${r.name}`);
     if (stale.length) await client.query(`analyze ${stale.join(", ")}`);
+    // RFM scores and levels: the organization is scored as soon as a worker runs (the first npm start
+    // does it within seconds); a database without the RFM module is left alone.
+    await client.query(
+      `select crm_private.enqueue_tenant_job('rfm:score', $1, '{"reason": "manual"}'::jsonb)
+        where to_regprocedure('crm_jobs.score_rfm(jsonb)') is not null`,
+      [orgId],
+    );
     log(`generated in ${generatedMs} ms, written and committed in ${Date.now() - started - generatedMs} ms`);
     return { organizationId: orgId, seed, members: members.length, teams: teams, counts, durationMs: Date.now() - started };
   } catch (e) {

@@ -18,6 +18,7 @@ const AREAS: Record<string, () => Promise<{ default: (ctx: BenchContext) => Prom
   api: () => import("./api.ts"),
   cluster: () => import("./cluster.ts"),
   commerce: () => import("./commerce.ts"),
+  rfm: () => import("./rfm.ts"),
 };
 
 /** Areas that set themselves up (a module that runs when imported, or a function). */

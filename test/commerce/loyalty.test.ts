@@ -118,9 +118,14 @@ describe("loyalty:expire", () => {
     const never = await customer(db, org.id, manager, "Never expires");
     await entry(never, 25, "adjust", null);
 
-    await db.owner.query("select crm_private.add_job('loyalty:expire', '{}')");
+    await db.owner.query("select crm_private.enqueue_tenant_job('loyalty:expire', $1)", [org.id]);
     await runJobs(db);
     expect(await jobs(db, "loyalty:expire")).toEqual([]);
+    // A tenant job: recorded in the organization's job runs, its ledger entries written by the system principal.
+    const run = await db.owner.query("select outcome, rows_affected from crm.job_runs where organization_id = $1 and task = 'loyalty:expire'", [org.id]);
+    expect(run.rows).toEqual([{ outcome: "succeeded", rows_affected: "2" }]);
+    const by = await db.owner.query("select distinct created_by from crm.loyalty_ledger where organization_id = $1 and reason = 'expire'", [org.id]);
+    expect(by.rows).toEqual([{ created_by: (await db.owner.query("select crm.system_principal_id($1) as id", [org.id])).rows[0].id }]);
     const last = async (c: string) => (await ledger(c)).at(-1);
     expect(await last(spent)).toEqual({ delta: -150, reason: "redeem", balance_after: 50 });
     expect(await last(partly)).toEqual({ delta: -70, reason: "expire", balance_after: 50 });

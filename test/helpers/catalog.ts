@@ -100,6 +100,9 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.bill_schedule_period": `${FINANCE}: the invoices:recur job's step, through createInvoice and issueInvoice (their checks)`,
   "crm.set_payment_webhook_secret": `${FINANCE}: settings:manage; writes the secret to crm_private, never reads it back`,
   "crm.set_client_customer": ADMIN,
+  "crm.expire_loyalty_points_as_job":
+    "loyalty:expire tenant job: refuses everyone but the organization's system principal, then appends expiries to the append-only ledger (not writable by crm_user) under the loyalty lock; hidden from the API",
+  "crm.recalculate_rfm": "RFM: checks settings:manage, then queues a run (crm.rfm_runs is written by the job's system principal only) and the rfm:score job",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

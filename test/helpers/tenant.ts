@@ -145,6 +145,20 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
     "insert into crm.expenses (organization_id, category_id, amount, currency, description, project_id, submitted_by, status) values ($1, $2, 42.5, 'USD', 'Train', $3, $4, 'draft')",
     [org.id, travel, projectId, memberId],
   );
+  // RFM: a completed run with the customer's scores in it (the settings row comes with the organization).
+  const rfmRun = (
+    await q(
+      `insert into crm.rfm_runs (organization_id, reason, status, as_of, finished_at, mode, customers_scored, levels_changed)
+       values ($1, 'scheduled', 'completed', now(), now(), 'thresholds', 1, 0) returning id`,
+      [org.id],
+    )
+  ).rows[0].id as string;
+  await q(
+    `insert into crm.rfm_scores (organization_id, run_id, customer_id, recency_score, frequency_score, monetary_score, score,
+                                 recency_days, order_count, monetary_value, level_before_id, level_after_id)
+     values ($1, $2, $3, 5, 1, 2, 2.67, 0, 1, 100, $4, $4)`,
+    [org.id, rfmRun, customerId, gold],
+  );
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
   return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId, invoiceId };
 }

@@ -8,7 +8,6 @@ import { makeTenantTaskList, TENANT_TASK_IDENTIFIERS } from "../tenant/registry.
 import { makeWebhooksDeliver } from "./webhooks-deliver.ts";
 import { makeImportsRun } from "./imports-run.ts";
 import { makeIntegrationsPrune, makeNotificationsDigest, makeNotificationsEmail, makeNotificationsScan } from "./notifications.ts";
-import { makeLoyaltyExpire } from "./loyalty-expire.ts";
 
 // Tenant tasks (one organization each) come from worker/tenant/registry.ts.
 export const TASK_IDENTIFIERS = [
@@ -22,7 +21,6 @@ export const TASK_IDENTIFIERS = [
   "webhooks:deliver",
   "imports:run",
   "integrations:prune",
-  "loyalty:expire",
 ] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
@@ -38,6 +36,5 @@ export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier
     "webhooks:deliver": makeWebhooksDeliver(ctx),
     "imports:run": makeImportsRun(ctx),
     "integrations:prune": makeIntegrationsPrune(ctx),
-    "loyalty:expire": makeLoyaltyExpire(ctx),
   };
 }

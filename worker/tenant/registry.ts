@@ -7,6 +7,7 @@ import { assertPayload, type TaskContext } from "../types.ts";
 import { runTenantJob, sqlTenantJob, TenantJobBusyError, type TenantJobFn } from "./runner.ts";
 import { makeDraftEmails, makeReadNotes, makeScoreLeads, makeTrainLeadModel } from "../ai/jobs.ts";
 import { makeMarkOverdue } from "../finance/jobs.ts";
+import { scoreRfm } from "../tasks/rfm-score.ts";
 
 /**
  * When the fan-out enqueues the task for each organization, in the organization's time zone:
@@ -38,6 +39,18 @@ export const TENANT_TASKS = [
     schedule: "daily",
     summary: "Creates the next occurrence of every recurring task whose interval has passed (crm.tasks: inserts occurrences, moves the template's lastTriggeredAt).",
     sqlFunction: "crm_jobs.recur_tasks",
+  },
+  {
+    identifier: "rfm:score",
+    schedule: "daily",
+    summary: "Scores every customer (crm.customers: R, F, M, score, raw values, rfmScoredAt; levels through customerLevels.minimumScore, hand-set levels kept), logs the run (crm.rfm_runs, crm.rfm_scores) and prunes runs past retention; also on recalculateRfm.",
+    handler: scoreRfm,
+  },
+  {
+    identifier: "loyalty:expire",
+    schedule: "daily",
+    summary: "Expires the loyalty points past their date (crm.loyalty_ledger: one expire entry per customer with points due), under the organization's loyalty lock.",
+    sqlFunction: "crm_jobs.expire_points",
   },
   {
     identifier: "ai:score-leads",
