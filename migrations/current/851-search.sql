@@ -7,10 +7,11 @@
 -- anywhere in the address (~1,600 false hits rechecked for one first name), and every contact hit was
 -- checked against a materialized list of every visible customer.
 --
--- Now each condition is its own arm over its own index (full text, trigram name, e-mail prefix as a
--- range of a btree in byte order), so the planner has nothing to misjudge; only the candidates are
--- ranked, the best n per kind; a contact's or note's customer is looked up by key. Same answers, same
--- ranking, same errors.
+-- Now e-mail prefixes are a range of a btree in byte order (no false hits), so every term of a kind's
+-- OR has an index the planner costs correctly and no override is needed: it combines them (BitmapOr)
+-- or walks the caller's own records. A contact's or note's customer is looked up by key (or, for a
+-- caller who sees some owners' customers, those customers are walked). Same answers, same ranking,
+-- same errors; equal ranks are ordered by title, then id.
 
 create index if not exists customers_email_prefix_idx on crm.customers (organization_id, (lower(email::text)) collate "C");
 create index if not exists contacts_email_prefix_idx on crm.contacts (organization_id, (lower(email::text)) collate "C");
@@ -58,78 +59,71 @@ begin
   -- highest code point when that character cannot be incremented).
   lq_next := case when ascii(right(lq, 1)) in (55295, 1114111) then lq || chr(1114111)
                   else left(lq, -1) || chr(ascii(right(lq, 1)) + 1) end;
-  -- Each kind has two forms, one of which runs (the other's constant condition is false):
-  -- * the caller sees every record of the kind: one arm per condition, each over its own index (UNION
-  --   drops a record two arms found);
-  -- * the caller sees some owners' records: those records (owner index), filtered by the conditions.
+  -- One pass per kind, each hit ranked once. A caller who sees every record of a kind: one OR whose
+  -- every term has its own index (full text, trigram name, e-mail prefix as a btree range), which the
+  -- planner combines (BitmapOr). Otherwise: the caller's records (owner index), then the conditions.
+  -- Of the two forms, the one whose constant condition is false does not run.
   return query
   select * from (
     (select * from (
        select 'customer'::text, c.id, c.name, coalesce(c.email::text, c.industry), c.id,
-                greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.customers c where want_customers and customers_all and c.organization_id = org and c.deleted_at is null and c.search_vector @@ tsq
-       union
-       select 'customer'::text, c.id, c.name, coalesce(c.email::text, c.industry), c.id,
-                greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.customers c where want_customers and customers_all and c.organization_id = org and c.deleted_at is null and c.name % q
-       union
-       select 'customer'::text, c.id, c.name, coalesce(c.email::text, c.industry), c.id,
-                greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.customers c where want_customers and customers_all and c.organization_id = org and c.deleted_at is null and lower(c.email::text) collate "C" >= lq and lower(c.email::text) collate "C" < lq_next
-               and starts_with(lower(c.email::text), lq)
-       union all
-       select 'customer'::text, c.id, c.name, coalesce(c.email::text, c.industry), c.id,
-                greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
+              greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
          from crm.customers c
-        where want_customers and not customers_all and c.organization_id = org and c.deleted_at is null and c.owner_id = any (customer_owners)
+        where want_customers and customers_all and c.organization_id = org and c.deleted_at is null
           and (c.search_vector @@ tsq or c.name % q
-               or (lower(c.email::text) collate "C" >= lq and lower(c.email::text) collate "C" < lq_next
-               and starts_with(lower(c.email::text), lq)))
+             or (lower(c.email::text) collate "C" >= lq and lower(c.email::text) collate "C" < lq_next
+                 and starts_with(lower(c.email::text), lq)))
+       union all
+       -- The caller's own records first (owner index), then the conditions: a short query's trigram
+       -- estimates are far too low for the planner to choose this itself.
+       select 'customer'::text, c.id, c.name, coalesce(c.email::text, c.industry), c.id,
+              greatest(ts_rank(c.search_vector, tsq) * 2, similarity(c.name, q), case when c.email::text ilike pattern then 0.9 else 0 end)::real
+         from (select * from crm.customers c
+                where want_customers and not customers_all and c.organization_id = org and c.deleted_at is null
+                  and c.owner_id = any (customer_owners) offset 0) c
+        where (c.search_vector @@ tsq or c.name % q
+             or (lower(c.email::text) collate "C" >= lq and lower(c.email::text) collate "C" < lq_next
+                 and starts_with(lower(c.email::text), lq)))
      ) k order by 6 desc, 3, 2 limit n)
     union all
     (select * from (
+       -- A contact follows its customer: looked up by key for a caller who sees every customer, the
+       -- caller's customers walked for the others (one of the two runs).
        select 'contact'::text, ct.id, ct.first_name || ' ' || ct.last_name, coalesce(ct.email::text, ct.title), ct.customer_id,
-                greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
-                         case when ct.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.contacts ct where want_contacts and customers_all and ct.organization_id = org and ct.deleted_at is null and ct.search_vector @@ tsq and exists (select 1 from crm.customers v where v.organization_id = org and v.id = ct.customer_id and v.deleted_at is null)
-       union
-       select 'contact'::text, ct.id, ct.first_name || ' ' || ct.last_name, coalesce(ct.email::text, ct.title), ct.customer_id,
-                greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
-                         case when ct.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.contacts ct where want_contacts and customers_all and ct.organization_id = org and ct.deleted_at is null and (ct.first_name || ' ' || ct.last_name) % q and exists (select 1 from crm.customers v where v.organization_id = org and v.id = ct.customer_id and v.deleted_at is null)
-       union
-       select 'contact'::text, ct.id, ct.first_name || ' ' || ct.last_name, coalesce(ct.email::text, ct.title), ct.customer_id,
-                greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
-                         case when ct.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.contacts ct where want_contacts and customers_all and ct.organization_id = org and ct.deleted_at is null and lower(ct.email::text) collate "C" >= lq and lower(ct.email::text) collate "C" < lq_next
-               and starts_with(lower(ct.email::text), lq) and exists (select 1 from crm.customers v where v.organization_id = org and v.id = ct.customer_id and v.deleted_at is null)
-       union all
-       -- A contact follows its customer.
-       select 'contact'::text, ct.id, ct.first_name || ' ' || ct.last_name, coalesce(ct.email::text, ct.title), ct.customer_id,
-                greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
-                         case when ct.email::text ilike pattern then 0.9 else 0 end)::real
-         from crm.customers v join crm.contacts ct on ct.organization_id = v.organization_id and ct.customer_id = v.id
-        where want_contacts and not customers_all and v.organization_id = org and v.deleted_at is null and v.owner_id = any (customer_owners)
-          and ct.deleted_at is null
+              greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
+                       case when ct.email::text ilike pattern then 0.9 else 0 end)::real
+         from crm.contacts ct
+        where want_contacts and customers_all and ct.organization_id = org and ct.deleted_at is null
           and (ct.search_vector @@ tsq or (ct.first_name || ' ' || ct.last_name) % q
                or (lower(ct.email::text) collate "C" >= lq and lower(ct.email::text) collate "C" < lq_next
-               and starts_with(lower(ct.email::text), lq)))
+                   and starts_with(lower(ct.email::text), lq)))
+          and exists (select 1 from crm.customers v where v.organization_id = org and v.id = ct.customer_id and v.deleted_at is null)
+       union all
+       select 'contact'::text, ct.id, ct.first_name || ' ' || ct.last_name, coalesce(ct.email::text, ct.title), ct.customer_id,
+              greatest(ts_rank(ct.search_vector, tsq) * 2, similarity(ct.first_name || ' ' || ct.last_name, q),
+                       case when ct.email::text ilike pattern then 0.9 else 0 end)::real
+         from crm.customers v
+         cross join lateral (select * from crm.contacts ct
+                              where ct.organization_id = org and ct.customer_id = v.id and ct.deleted_at is null offset 0) ct
+        where want_contacts and not customers_all and v.organization_id = org and v.deleted_at is null and v.owner_id = any (customer_owners)
+          and (ct.search_vector @@ tsq or (ct.first_name || ' ' || ct.last_name) % q
+               or (lower(ct.email::text) collate "C" >= lq and lower(ct.email::text) collate "C" < lq_next
+                   and starts_with(lower(ct.email::text), lq)))
      ) k order by 6 desc, 3, 2 limit n)
     union all
     (select * from (
        select 'deal'::text, d.id, d.name, d.amount::text || ' ' || coalesce(d.currency, ''), d.customer_id,
-                greatest(ts_rank(d.search_vector, tsq) * 2, similarity(d.name, q))::real
-         from crm.deals d where want_deals and deals_all and d.organization_id = org and d.deleted_at is null and d.search_vector @@ tsq
-       union
-       select 'deal'::text, d.id, d.name, d.amount::text || ' ' || coalesce(d.currency, ''), d.customer_id,
-                greatest(ts_rank(d.search_vector, tsq) * 2, similarity(d.name, q))::real
-         from crm.deals d where want_deals and deals_all and d.organization_id = org and d.deleted_at is null and d.name % q
+              greatest(ts_rank(d.search_vector, tsq) * 2, similarity(d.name, q))::real
+         from crm.deals d
+        where want_deals and deals_all and d.organization_id = org and d.deleted_at is null
+          and (d.search_vector @@ tsq or d.name % q)
        union all
        select 'deal'::text, d.id, d.name, d.amount::text || ' ' || coalesce(d.currency, ''), d.customer_id,
-                greatest(ts_rank(d.search_vector, tsq) * 2, similarity(d.name, q))::real
-         from crm.deals d
-        where want_deals and not deals_all and d.organization_id = org and d.deleted_at is null and d.owner_id = any (deal_owners)
-          and (d.search_vector @@ tsq or d.name % q)
+              greatest(ts_rank(d.search_vector, tsq) * 2, similarity(d.name, q))::real
+         from (select * from crm.deals d
+                where want_deals and not deals_all and d.organization_id = org and d.deleted_at is null
+                  and d.owner_id = any (deal_owners) offset 0) d
+        where (d.search_vector @@ tsq or d.name % q)
      ) k order by 6 desc, 3, 2 limit n)
     union all
     (select 'note', nt.id, left(nt.content, 120), null, nt.customer_id, (ts_rank(nt.search_vector, tsq) * 2)::real
