@@ -4,6 +4,11 @@
 // (migrations/current/800-request-settings.sql): the session check costs no round trip of its own.
 // Fail-closed: if the statement is ever not recognised here, the claims stay in
 // `cairn.pending_claims` and the request runs as crm_anonymous.
+//
+// `begin` costs no round trip of its own either: it is held back and sent in one simple-protocol
+// message with the settings statement that always follows it (`begin; select …('<settings>'::json)`,
+// the settings as an escaped literal). A request is then three round trips: begin with the
+// settings, the query, commit. Anything else that follows a held `begin` sends it first, in order.
 import type pg from "pg";
 import { requestScope } from "../logger.ts";
 
@@ -22,21 +27,48 @@ export function isSessionFailure(e: unknown): boolean {
 type Query = pg.PoolClient["query"];
 
 let statements = 0;
+let roundTrips = 0;
 /** Statements sent on the API's (authenticator) connections since start: cairn_pg_statements_total. */
 export const statementCount = () => statements;
+/** Messages (round trips) those statements took: cairn_pg_round_trips_total. */
+export const roundTripCount = () => roundTrips;
+
+/** What pg resolves a `begin` with (the caller, @dataplan/pg, does not read it). */
+const BEGIN_RESULT = Object.freeze({ command: "BEGIN", rowCount: null, oid: 0, rows: [], fields: [] });
+
+const isBegin = (args: unknown[]) => args.length === 1 && (args[0] as { text?: unknown } | undefined)?.text === "begin" && !(args[0] as { values?: unknown }).values;
 
 /** Wraps a client's query so that the settings statement of a signed-in request checks the session. */
 export function withSessionCheck(client: pg.PoolClient): void {
   const original = client.query.bind(client) as (...args: unknown[]) => unknown;
+  let beginHeld = false;
   client.query = function (this: unknown, ...args: unknown[]) {
     statements++;
+    if (!beginHeld && isBegin(args)) {
+      beginHeld = true;
+      return Promise.resolve(BEGIN_RESULT);
+    }
     const first = args[0] as { text?: string; values?: unknown[] } | undefined;
-    if (first && typeof first === "object" && first.text === DATAPLAN_SET_CONFIG && String(first.values?.[0]).includes('"cairn.pending_claims"')) {
-      const result = original({ ...first, text: BEGIN_REQUEST }, ...args.slice(1)) as Promise<unknown>;
+    const settings = first && typeof first === "object" && first.text === DATAPLAN_SET_CONFIG && first.values?.length === 1 ? String(first.values[0]) : undefined;
+    const held = beginHeld;
+    beginHeld = false;
+    roundTrips++;
+    if (settings === undefined) {
+      if (held) {
+        // Not the settings statement: the held begin goes first (pg sends queries in order).
+        roundTrips++;
+        (original({ text: "begin" }) as Promise<unknown>).catch(() => undefined);
+      }
+      return original(...args);
+    }
+    const claims = settings.includes('"cairn.pending_claims"');
+    const literal = `${client.escapeLiteral(settings)}::json`;
+    const statement = claims ? `select crm_private.begin_request(${literal})` : DATAPLAN_SET_CONFIG.replace("$1::json", () => literal);
+    const result = (held ? original(`begin; ${statement}`) : original(statement)) as Promise<unknown>;
+    if (claims) {
       const scope = requestScope.getStore();
       if (scope) result.catch((e) => isSessionFailure(e) && invalidSessions.add(scope));
-      return result;
     }
-    return original(...args);
+    return result;
   } as Query;
 }

@@ -1,6 +1,6 @@
 // Prometheus metrics (GET /metrics).
 import client from "prom-client";
-import { statementCount } from "../auth/request-settings.ts";
+import { roundTripCount, statementCount } from "../auth/request-settings.ts";
 import type { Pool } from "pg";
 
 export class Metrics {
@@ -32,6 +32,16 @@ export class Metrics {
     collect() {
       this.reset();
       this.inc(statementCount());
+    },
+  });
+  // Round trips per request: begin travels with the settings statement (src/auth/request-settings.ts).
+  readonly pgRoundTrips = new client.Counter({
+    name: "cairn_pg_round_trips_total",
+    help: "Messages sent on the API's authenticator connections (begin and the settings statement share one)",
+    registers: [this.registry],
+    collect() {
+      this.reset();
+      this.inc(roundTripCount());
     },
   });
   readonly graphqlErrors = new client.Counter({

@@ -5,7 +5,7 @@
 // statements PostgreSQL executes per GraphQL request, the server's RSS before and after, and what
 // distinct documents cost (planning time and memory).
 import crypto from "node:crypto";
-import { CLIENTS, SECONDS, fmt, httpLoad, rssMb, settingsFor, sqlLoad, statementsSoFar, type BenchContext } from "./context.ts";
+import { CLIENTS, SECONDS, countersSoFar, fmt, httpLoad, rssMb, settingsFor, sqlLoad, type BenchContext } from "./context.ts";
 
 interface Case {
   name: string;
@@ -78,9 +78,9 @@ export const CASES: Case[] = [
   },
 ];
 
-/** Statements per request: the server's counter around 20 sequential requests. */
-async function statementsPerRequest(url: string, token: string, c: Case, ctx: BenchContext): Promise<number> {
-  const before = await statementsSoFar(url);
+/** Statements and round trips per request: the server's counters around 20 sequential requests. */
+async function statementsPerRequest(url: string, token: string, c: Case, ctx: BenchContext): Promise<{ statements: number; roundTrips: number }> {
+  const before = await countersSoFar(url);
   for (let i = 0; i < 20; i++) {
     await fetch(`${url}/graphql`, {
       method: "POST",
@@ -88,18 +88,24 @@ async function statementsPerRequest(url: string, token: string, c: Case, ctx: Be
       body: JSON.stringify({ query: c.query, variables: c.variables(ctx) }),
     });
   }
-  return ((await statementsSoFar(url)) - before) / 20;
+  const after = await countersSoFar(url);
+  return { statements: (after.statements - before.statements) / 20, roundTrips: (after.roundTrips - before.roundTrips) / 20 };
 }
+
+/** BENCH_CASES=flat,filtered runs the cases whose names start with one of these (default: all). */
+const ONLY = process.env.BENCH_CASES?.split(",").map((s) => s.trim()).filter(Boolean);
+/** BENCH_CALLERS="Sales Manager" runs those callers only (default: both). */
+const CALLERS = process.env.BENCH_CALLERS?.split(",").map((s) => s.trim()).filter(Boolean);
 
 export default async function run(ctx: BenchContext): Promise<void> {
   const server = await ctx.server();
   const pid = server.process.pid!;
   const rssStart = await rssMb(pid);
   const rows: string[] = [];
-  for (const caller of ctx.callers) {
+  for (const caller of ctx.callers.filter((c) => !CALLERS || CALLERS.includes(c.name))) {
     const token = await caller.token();
     const settings = settingsFor(ctx.orgId, caller);
-    for (const c of CASES) {
+    for (const c of CASES.filter((c) => !ONLY || ONLY.some((o) => c.name.startsWith(o)))) {
       const check = await server.gql(c.query, c.variables(ctx), { token });
       if (check.body.errors) throw new Error(`${c.name} as ${caller.name}: ${JSON.stringify(check.body.errors)}`);
       const perRequest = await statementsPerRequest(server.url, token, c, ctx);
@@ -107,7 +113,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
         const g = await httpLoad(server.url, token, c.query, c.variables(ctx), clients);
         const s = await sqlLoad(ctx.sqlPool, settings, c.sql, () => c.params(ctx), clients);
         rows.push(
-          `| ${c.name} | ${caller.name} | ${clients} | ${fmt(g.rps, 0)} | ${fmt(s.rps, 0)} | ${fmt(g.rps / s.rps, 2)} | ${fmt(g.p50)} / ${fmt(g.p95)} / ${fmt(g.p99)} | ${fmt(s.p50)} / ${fmt(s.p95)} / ${fmt(s.p99)} | ${fmt(g.p95 / s.p95, 1)} | ${fmt(perRequest, 1)} | ${g.errors + s.errors} |`,
+          `| ${c.name} | ${caller.name} | ${clients} | ${fmt(g.rps, 0)} | ${fmt(s.rps, 0)} | ${fmt(g.rps / s.rps, 2)} | ${fmt(g.p50)} / ${fmt(g.p95)} / ${fmt(g.p99)} | ${fmt(s.p50)} / ${fmt(s.p95)} / ${fmt(s.p99)} | ${fmt(g.p95 / s.p95, 1)} | ${fmt(perRequest.statements, 1)} / ${fmt(perRequest.roundTrips, 1)} | ${g.errors + s.errors} |`,
         );
         process.stdout.write(`  ${rows[rows.length - 1]}\n`);
       }
@@ -130,7 +136,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
       "",
       `API beside its SQL floor — ${SECONDS} s per cell; req/s and ms (p50 / p95 / p99); ratio = GraphQL req/s ÷ SQL tx/s`,
       "",
-      "| case | caller | clients | GraphQL req/s | SQL tx/s | ratio | GraphQL ms | SQL ms | p95 ratio | statements per request | errors |",
+      "| case | caller | clients | GraphQL req/s | SQL tx/s | ratio | GraphQL ms | SQL ms | p95 ratio | statements / round trips per request | errors |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
       ...rows,
       "",

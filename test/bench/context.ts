@@ -94,8 +94,9 @@ export function settingsFor(orgId: string, caller: Caller): string {
 }
 
 /**
- * One hand-written statement run the way the API runs a request: begin, the same settings statement
- * (session check included), the statement, commit; `clients` connections for SECONDS.
+ * One hand-written statement run the way the API runs a request: begin with the same settings
+ * statement (session check included) in one message, the statement, commit; `clients` connections
+ * for SECONDS.
  */
 export async function sqlLoad(pool: pg.Pool, settings: string, sql: string, params: () => unknown[], clients: number, seconds = SECONDS): Promise<Stats> {
   const latencies: number[] = [];
@@ -108,8 +109,8 @@ export async function sqlLoad(pool: pg.Pool, settings: string, sql: string, para
         while (performance.now() < until) {
           const t0 = performance.now();
           try {
-            await client.query("begin");
-            await client.query("select crm_private.begin_request($1::json)", [settings]);
+            // As the API sends them: begin and the settings in one message (src/auth/request-settings.ts).
+            await client.query(`begin; select crm_private.begin_request(${client.escapeLiteral(settings)}::json)`);
             await client.query(sql, params());
             await client.query("commit");
             latencies.push(performance.now() - t0);
@@ -135,8 +136,16 @@ export async function rssMb(pid: number): Promise<number> {
 
 /** Statements the server sent on its API connections (cairn_pg_statements_total). */
 export async function statementsSoFar(url: string): Promise<number> {
+  return (await countersSoFar(url)).statements;
+}
+
+/** Statements and round trips (messages) the server sent on its API connections. */
+export async function countersSoFar(url: string): Promise<{ statements: number; roundTrips: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  return Number(/^cairn_pg_statements_total (\d+)/m.exec(text)?.[1] ?? NaN);
+  return {
+    statements: Number(/^cairn_pg_statements_total (\d+)/m.exec(text)?.[1] ?? NaN),
+    roundTrips: Number(/^cairn_pg_round_trips_total (\d+)/m.exec(text)?.[1] ?? NaN),
+  };
 }
 
 export const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "–");

@@ -47,7 +47,7 @@ export async function startScratch(name: string, env: Record<string, string> = {
   const tenant = await seedTenant(db, "bench");
   const token = (await startSession(db, tenant.adminId, tenant.id)).accessToken;
   // Limits and cache sizes given to the benchmark apply to the server it starts.
-  const settings = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => /^(GRAPHQL_|RATE_LIMIT|STATEMENT_TIMEOUT|NODE_OPTIONS$)/.test(e[0]) && !!e[1]));
+  const settings = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => /^(GRAPHQL_|RATE_LIMIT|STATEMENT_TIMEOUT|NODE_OPTIONS$|MALLOC_ARENA_MAX$)/.test(e[0]) && !!e[1]));
   const server = await startServer(db, { ...settings, ...env });
   return {
     server,

@@ -44,6 +44,7 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.current_permissions": HELPER,
   "crm.has_permission": HELPER,
   "crm.visible_owner_ids": HELPER,
+  "crm.visible_owner_bounds": HELPER,
   "crm.my_organization_ids": HELPER,
   "crm.current_org_member_ids": HELPER,
   "crm.reference_exists": "reference guard helper: tells a hidden row from a missing one, within the caller's organization only",
