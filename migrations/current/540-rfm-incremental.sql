@@ -156,3 +156,5 @@ begin
 end
 $$;
 grant execute on function crm_jobs.score_rfm(jsonb) to crm_user;
+
+comment on column crm.rfm_distribution.last_scored_at is 'The latest rfmScoredAt among the customers: when a run last changed one of them (the latest run, changed or not, is in rfmRuns).';
