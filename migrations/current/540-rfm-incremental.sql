@@ -34,12 +34,18 @@ declare
   n_written bigint;
   n_changed bigint;
   w_sum numeric;
+  r_b int[];
+  f_b int[];
+  m_b numeric[];
 begin
   select * into s from crm.rfm_settings x where x.organization_id = org;
   if s.id is null then
     raise exception 'The organization has no RFM settings.' using errcode = 'CRNFD';
   end if;
   w_sum := s.recency_weight + s.frequency_weight + s.monetary_weight;
+  r_b := s.recency_breaks::int[];
+  f_b := s.frequency_breaks::int[];
+  m_b := s.monetary_breaks::numeric[];
 
   -- The run: the one recalculateRfm queued, or a new (scheduled) one.
   update crm.rfm_runs r set as_of = t_now
@@ -77,13 +83,18 @@ begin
       from agg a
   ), q as (
     -- Quintiles: customers with the same value share the highest tile among them (ceil(5 × cume_dist)).
+    -- Thresholds: crm_jobs.rfm_threshold_score's rule, written out here (a function with its own
+    -- search_path is not inlined, and 150,000 calls of it cost more than the rest of a quiet run).
     select t.customer_id, t.recency_days, t.order_count, t.monetary_value,
            case when s.mode = 'quintiles' then max(t.r_tile) over (partition by t.recency_days)
-                else crm_jobs.rfm_threshold_score(t.recency_days, s.recency_breaks::numeric[], false) end as r,
+                else 1 + (t.recency_days <= r_b[1])::int + (t.recency_days <= r_b[2])::int
+                       + (t.recency_days <= r_b[3])::int + (t.recency_days <= r_b[4])::int end as r,
            case when s.mode = 'quintiles' then max(t.f_tile) over (partition by t.order_count)
-                else crm_jobs.rfm_threshold_score(t.order_count, s.frequency_breaks::numeric[], true) end as f,
+                else 1 + (t.order_count >= f_b[1])::int + (t.order_count >= f_b[2])::int
+                       + (t.order_count >= f_b[3])::int + (t.order_count >= f_b[4])::int end as f,
            case when s.mode = 'quintiles' then max(t.m_tile) over (partition by t.monetary_value)
-                else crm_jobs.rfm_threshold_score(t.monetary_value, s.monetary_breaks::numeric[], true) end as m
+                else 1 + (t.monetary_value >= m_b[1])::int + (t.monetary_value >= m_b[2])::int
+                       + (t.monetary_value >= m_b[3])::int + (t.monetary_value >= m_b[4])::int end as m
       from tiles t
   ), scored as (
     select c.id, c.level_id as level_before, c.level_set_by_hand,
