@@ -1,6 +1,7 @@
 // RFM benchmark (area `rfm` of npm run bench): on the scale organization (about 1,000,000 orders over
 // 50,000 customers), the full rfm:score job through the tenant runner (as the system principal, under
-// row-level security, levels, promotions, audit and the per-run log included) beside
+// row-level security, levels, promotions, audit and the change log included) — first run, steady runs
+// with no order changed, and runs after about 1% of the customers bought (rows written printed) — beside
 //   - the floor: the bare statement that aggregates the same orders and ranks them with ntile(5),
 //     as the owner, writing nothing;
 //   - the per-customer loop (one query per customer for its orders, one update per customer), run on
