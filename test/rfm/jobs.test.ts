@@ -182,10 +182,12 @@ describe("over GraphQL", () => {
       { id: first.data.recalculateRfm.result.rowId },
     );
     const customers = (await db.owner.query("select count(*)::int as n from crm.customers where organization_id = $1 and deleted_at is null", [a.id])).rows[0].n;
-    expect(run.data.rfmRun).toMatchObject({ status: "completed", customersScored: customers, jobRun: { task: "rfm:score", outcome: "succeeded" } });
-    expect(run.data.rfmRun.rfmScores.totalCount).toBe(customers);
-    const runs = await as(admin, `{ jobRuns(filter: { task: { equalTo: "rfm:score" } }) { nodes { outcome rowsAffected } } }`);
-    expect(runs.data.jobRuns.nodes).toContainEqual({ outcome: "succeeded", rowsAffected: String(customers) });
+    // Every customer is scored; nothing changed since the last run (the weights are back where they
+    // were), so the run writes no customer and logs no score (rowsAffected = customers written).
+    expect(run.data.rfmRun).toMatchObject({ status: "completed", customersScored: customers, levelsChanged: 0, jobRun: { task: "rfm:score", outcome: "succeeded" } });
+    expect(run.data.rfmRun.rfmScores.totalCount).toBe(0);
+    const runs = await as(admin, `{ jobRuns(filter: { task: { equalTo: "rfm:score" } }, orderBy: STARTED_AT_DESC, first: 1) { nodes { outcome rowsAffected } } }`);
+    expect(runs.data.jobRuns.nodes).toEqual([{ outcome: "succeeded", rowsAffected: "0" }]);
   });
 
   test("customers carry their scores, filterable; rfmDistribution counts them per R×F cell and per level", async () => {

@@ -39,6 +39,17 @@ async function settings(patch: string) {
   await asAdmin((c) => c.query(`select crm.update_rfm_settings(${patch})`));
 }
 
+/** The customers' RFM columns as stored. */
+async function customerRows() {
+  return (
+    await db.owner.query(
+      `select id, rfm_recency_score, rfm_frequency_score, rfm_monetary_score, rfm_score, rfm_recency_days, rfm_order_count,
+              rfm_monetary_value, rfm_scored_at, level_id, updated_at from crm.customers where organization_id = $1 order by id`,
+      [org.id],
+    )
+  ).rows;
+}
+
 /** Every customer's scores and level, by name. */
 async function scores() {
   const { rows } = await db.owner.query(
@@ -168,14 +179,37 @@ describe("reference organization", () => {
     ]);
   });
 
-  test("running again with nothing changed changes no level", async () => {
+  test("running again with nothing changed scores everyone and writes nothing", async () => {
+    const before = await customerRows();
     const r = await run();
-    expect(r.rowsAffected).toBe(9);
+    expect(r.rowsAffected).toBe(0);
     const { rows } = await db.owner.query(
-      "select levels_changed from crm.rfm_runs where organization_id = $1 order by requested_at desc limit 1",
+      `select customers_scored, levels_changed, (select count(*)::int from crm.rfm_scores s where s.run_id = r.id) as logged
+         from crm.rfm_runs r where organization_id = $1 order by requested_at desc limit 1`,
       [org.id],
     );
-    expect(rows[0].levels_changed).toBe(0);
+    expect(rows[0]).toEqual({ customers_scored: 9, levels_changed: 0, logged: 0 });
+    expect(await customerRows()).toEqual(before);
+  });
+
+  test("a day later: no value changed, so no row is written; recency and rfmScoredAt stay as of the last change", async () => {
+    const before = await customerRows();
+    const r = await run({ asOf: new Date(Date.parse(AS_OF) + 86400_000).toISOString() });
+    // Every buying customer's recency grew by a day, but the quintile order, the counts and the sums
+    // did not change: nothing to write.
+    expect(r.rowsAffected).toBe(0);
+    expect(await customerRows()).toEqual(before);
+    // The stored recency is counted to rfmScoredAt: its local date minus rfmRecencyDays is the local
+    // date of the last counted order (UTC here), for every customer with one.
+    const { rows } = await db.owner.query(
+      `select c.name, (c.rfm_scored_at at time zone 'UTC')::date - c.rfm_recency_days as last_order,
+              (select max(o.ordered_at at time zone 'UTC')::date from crm.orders o
+                where o.customer_id = c.id and o.status in ('paid', 'partially_paid') and o.ordered_at > $2::timestamptz - interval '730 days') as expected
+         from crm.customers c where c.organization_id = $1 and c.rfm_recency_days is not null order by c.name`,
+      [org.id, AS_OF],
+    );
+    expect(rows.length).toBe(7);
+    for (const row of rows) expect(row.last_order).toEqual(row.expected);
   });
 
   test("hand-set rule: the level stays until the flag is cleared; then the next run moves it", async () => {
@@ -188,16 +222,33 @@ describe("reference organization", () => {
     expect((await scores()).Gus.level).toBe("Bronze");
   });
 
-  test("retention: runs older than scoresRetentionDays are deleted with their scores", async () => {
+  test("retention: entries older than scoresRetentionDays are deleted unless still in force; runs left empty go", async () => {
     await settings("scores_retention_days => 30");
     const before = (await db.owner.query("select count(*)::int as n from crm.rfm_runs where organization_id = $1", [org.id])).rows[0].n;
-    expect(before).toBeGreaterThanOrEqual(4);
-    // Score "60 days later": every earlier run is past retention.
-    await run({ asOf: new Date(Date.parse(AS_OF) + 60 * 86400_000).toISOString() });
-    const runs = await db.owner.query("select id from crm.rfm_runs where organization_id = $1", [org.id]);
-    const scoreRows = await db.owner.query("select distinct run_id from crm.rfm_scores where organization_id = $1", [org.id]);
-    expect(runs.rows.length).toBe(1);
-    expect(scoreRows.rows).toEqual([{ run_id: runs.rows[0].id }]);
+    expect(before).toBeGreaterThanOrEqual(5);
+    // Score "60 days later": every earlier run is past retention. Nothing changes in that run (the
+    // quintile order stays, no order leaves the window), so it logs nothing.
+    const later = new Date(Date.parse(AS_OF) + 60 * 86400_000).toISOString();
+    expect((await run({ asOf: later })).rowsAffected).toBe(0);
+    // Each customer keeps exactly one entry, the one in force, and it equals the customer's values.
+    const { rows: entries } = await db.owner.query(
+      `select c.name, s.recency_score = c.rfm_recency_score and s.frequency_score = c.rfm_frequency_score
+                      and s.monetary_score = c.rfm_monetary_score and s.score = c.rfm_score and s.order_count = c.rfm_order_count
+                      and s.monetary_value = c.rfm_monetary_value and s.recency_days is not distinct from c.rfm_recency_days
+                      and s.level_after_id is not distinct from c.level_id and s.scored_at = c.rfm_scored_at as in_force
+         from crm.rfm_scores s join crm.customers c on c.id = s.customer_id where s.organization_id = $1 order by c.name`,
+      [org.id],
+    );
+    expect(entries).toEqual(["Ada", "Bo", "Cy", "Di", "Ed", "Fay", "Gus", "Hal", "Ivy"].map((name) => ({ name, in_force: true })));
+    // Runs left: those holding an entry still in force, and the new run (inside the retention).
+    const { rows: runs } = await db.owner.query(
+      `select r.as_of = $2::timestamptz as is_new, exists (select 1 from crm.rfm_scores s where s.run_id = r.id) as holds
+         from crm.rfm_runs r where r.organization_id = $1`,
+      [org.id, later],
+    );
+    expect(runs.filter((r) => r.is_new)).toEqual([{ is_new: true, holds: false }]);
+    expect(runs.filter((r) => !r.is_new).every((r) => r.holds)).toBe(true);
+    expect(runs.length).toBeLessThan(before + 1);
     await settings("scores_retention_days => 180");
     await run();
   });
