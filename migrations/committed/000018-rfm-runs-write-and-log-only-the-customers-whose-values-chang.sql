@@ -1,3 +1,11 @@
+--! Previous: sha1:b4deafc69c233c9c2c313a8018846c0b58ba6efa
+--! Hash: sha1:15845ee275cfbef0bb0f3b8246eadc07aed3605b
+--! Message: RFM runs write and log only the customers whose values changed
+
+--! split: 001.sql
+-- The next migration, one file per concern (NNN-domain.sql). Keep it idempotent (create or replace, drop … if exists).
+
+--! split: 540-rfm-incremental.sql
 -- RFM scoring writes only what changed (docs/rfm.md "What a run writes"). A run still scores every
 -- customer of the organization in one statement, but writes a customer row, and logs it in
 -- crm.rfm_scores, only when the customer's RFM values changed: R, F, M, the score, the order count,
