@@ -194,11 +194,11 @@ $$;
 create or replace function crm.may_receive(org uuid, customer uuid, chan text, address text) returns boolean
   language sql stable
 as $$
-  select address is not null
+  select may_receive.address is not null
      and not exists (select 1 from crm.consents k
                       where k.organization_id = org and k.customer_id = customer and k.channel = chan and k.status = 'opted_out')
      and not exists (select 1 from crm.suppressions s
-                      where s.organization_id = org and s.channel = chan and s.address = address::public.citext)
+                      where s.organization_id = org and s.channel = chan and s.address = may_receive.address::public.citext)
 $$;
 comment on function crm.may_receive(uuid, uuid, text, text) is E'@behavior -*\nWhether a marketing message may go to this customer at this address on this channel: an address, no opt-out, not suppressed.';
 grant execute on function crm.may_receive(uuid, uuid, text, text) to crm_user;
@@ -240,11 +240,11 @@ as $$
       || left(translate(encode(public.hmac(convert_to(kind || ':' || id::text, 'UTF8'), secret, 'sha256'), 'base64'), '+/=', '-_'), 22)
 $$;
 
-create or replace function crm_private.message_token(kind text, id uuid) returns text
+create or replace function crm_private.message_token(kind text, message uuid) returns text
   language sql stable
   set search_path = pg_catalog, pg_temp
 as $$
-  select crm_private.sign_message(kind, id, k.secret) from crm_private.messaging_keys k
+  select crm_private.sign_message(kind, message, k.secret) from crm_private.messaging_keys k
 $$;
 
 -- The message a token names, or null when the token is malformed or its signature is wrong.

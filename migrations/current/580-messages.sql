@@ -113,10 +113,11 @@ create or replace function crm_private.claim_messages(batch int, lease_seconds i
   language plpgsql volatile
   set search_path = pg_catalog, pg_temp
 as $$
+#variable_conflict use_column
 begin
   update crm.messages m set status = 'cancelled', error_message = 'The recipient opted out or is suppressed.'
-   where m.status = 'pending' and m.kind = 'marketing' and m.scheduled_for <= now()
-     and m.id in (select x.id from crm.messages x where x.status = 'pending' and x.scheduled_for <= now() and x.kind = 'marketing'
+   where m.status = 'pending' and m.scheduled_for <= now()
+     and m.id in (select x.id from crm.messages x where x.status = 'pending' and x.scheduled_for <= now()
                      and not crm.may_receive(x.organization_id, x.customer_id, x.channel, x.recipient)
                    limit batch * 4);
   return query

@@ -509,7 +509,7 @@ begin
       left join lateral (select lg.balance_after from crm.loyalty_ledger lg
                           where lg.organization_id = org and lg.customer_id = p.customer_id order by lg.id desc limit 1) b on true
      where crm.may_receive(org, p.customer_id, t.channel, p.address)
-    on conflict (organization_id, dedupe_key) where dedupe_key is not null do nothing
+    on conflict (organization_id, dedupe_key) where messages.dedupe_key is not null do nothing
     returning 1
   )
   select count(*) into n from inserted;
@@ -532,18 +532,19 @@ create or replace function crm_private.enqueue_message(org uuid, customer uuid, 
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  address text := crm.recipient_address(org, customer, channel);
+  address text := crm.recipient_address(org, customer, enqueue_message.channel);
   mid uuid;
 begin
-  if not crm.may_receive(org, customer, channel, address) then
+  if not crm.may_receive(org, customer, enqueue_message.channel, address) then
     return null;
   end if;
-  insert into crm.messages (organization_id, customer_id, channel, kind, recipient, subject, body, scheduled_for, automation, dedupe_key)
-  values (org, customer, channel, kind, address, subject, body, coalesce(scheduled_for, now()), 'notice', dedupe_key)
-  on conflict (organization_id, dedupe_key) where dedupe_key is not null do nothing
-  returning id into mid;
+  insert into crm.messages as x (organization_id, customer_id, channel, kind, recipient, subject, body, scheduled_for, automation, dedupe_key)
+  values (org, customer, enqueue_message.channel, enqueue_message.kind, address, enqueue_message.subject, enqueue_message.body,
+          coalesce(enqueue_message.scheduled_for, now()), 'notice', enqueue_message.dedupe_key)
+  on conflict (organization_id, dedupe_key) where x.dedupe_key is not null do nothing
+  returning x.id into mid;
   if mid is not null then
-    perform crm_private.wake_sender(scheduled_for);
+    perform crm_private.wake_sender(enqueue_message.scheduled_for);
   end if;
   return mid;
 end
@@ -576,56 +577,81 @@ create trigger _350_welcome_message after insert on crm.customers referencing ne
 
 -- Birthday: customers whose birthday is today in the organization's time zone, once per year. A
 -- 29 February birthday is celebrated on 28 February in years without one.
-create or replace function crm_jobs.send_birthday_messages(payload jsonb default '{}'::jsonb) returns bigint
-  language plpgsql volatile security definer
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  org uuid := crm.current_org_id();
-  s crm.messaging_settings;
-  today date := (coalesce((payload->>'asOf')::timestamptz, now()) at time zone crm_private.org_timezone(crm.current_org_id()))::date;
-  leap boolean := extract(day from (date_trunc('year', today) + interval '2 months' - interval '1 day')) = 29;
-  ids uuid[];
-begin
-  select * into s from crm.messaging_settings x where x.organization_id = org;
-  if s.id is null or not s.birthday_enabled or s.birthday_template_id is null then
-    return 0;
-  end if;
-  select array_agg(c.id) into ids from crm.customers c
-   where c.organization_id = org and c.deleted_at is null and c.birth_date is not null
-     and ((extract(month from c.birth_date) = extract(month from today) and extract(day from c.birth_date) = extract(day from today))
-          or (not leap and extract(month from c.birth_date) = 2 and extract(day from c.birth_date) = 29
-              and extract(month from today) = 2 and extract(day from today) = 28));
-  return crm_private.queue_template_messages(org, s.birthday_template_id, 'birthday', coalesce(ids, '{}'),
-           array(select 'birthday:' || i::text || ':' || extract(year from today)::text from unnest(coalesce(ids, '{}')) i));
-end
-$$;
-grant execute on function crm_jobs.send_birthday_messages(jsonb) to crm_user;
-
 -- Inactivity: customers who bought before but have no paid order for inactivity_days; once per
 -- episode (the episode is named by the last paid order: a new purchase starts a new one).
-create or replace function crm_jobs.send_inactivity_messages(payload jsonb default '{}'::jsonb) returns bigint
+-- Run by the daily tenant jobs (crm_jobs below, as the organization's system principal); queuing
+-- needs the owner (the queue and the signing key are not the caller's), hence SECURITY DEFINER with an
+-- explicit check of the caller. Returns the messages queued.
+create or replace function crm.run_message_automation(automation text, as_of timestamptz default null) returns int
   language plpgsql volatile security definer
   set search_path = pg_catalog, pg_temp
 as $$
 declare
   org uuid := crm.current_org_id();
   s crm.messaging_settings;
-  as_of timestamptz := coalesce((payload->>'asOf')::timestamptz, now());
+  at timestamptz := coalesce(as_of, now());
+  today date := (coalesce(as_of, now()) at time zone crm_private.org_timezone(crm.current_org_id()))::date;
+  leap boolean;
   ids uuid[];
   keys text[];
 begin
+  if org is null or not (crm.current_user_id() = crm.system_principal_id(org) or crm.has_permission('settings:manage')) then
+    raise exception 'Automations run as the organization''s system principal.' using errcode = 'CRFBD';
+  end if;
   select * into s from crm.messaging_settings x where x.organization_id = org;
-  if s.id is null or not s.inactivity_enabled or s.inactivity_template_id is null then
+  if s.id is null then
     return 0;
   end if;
-  select array_agg(l.customer_id), array_agg('inactivity:' || l.customer_id::text || ':' || l.order_id::text) into ids, keys
-    from (select distinct on (o.customer_id) o.customer_id, o.id as order_id, o.ordered_at
-            from crm.orders o
-           where o.organization_id = org and o.status in ('paid', 'partially_paid')
-           order by o.customer_id, o.ordered_at desc, o.id desc) l
-   where l.ordered_at < as_of - make_interval(days => s.inactivity_days);
-  return crm_private.queue_template_messages(org, s.inactivity_template_id, 'inactivity', coalesce(ids, '{}'), coalesce(keys, '{}'));
+  if automation = 'birthday' then
+    if not s.birthday_enabled or s.birthday_template_id is null then
+      return 0;
+    end if;
+    leap := extract(day from (date_trunc('year', today) + interval '2 months' - interval '1 day')) = 29;
+    select array_agg(c.id), array_agg('birthday:' || c.id::text || ':' || extract(year from today)::text) into ids, keys
+      from crm.customers c
+     where c.organization_id = org and c.deleted_at is null and c.birth_date is not null
+       and ((extract(month from c.birth_date) = extract(month from today) and extract(day from c.birth_date) = extract(day from today))
+            or (not leap and extract(month from c.birth_date) = 2 and extract(day from c.birth_date) = 29
+                and extract(month from today) = 2 and extract(day from today) = 28));
+    return crm_private.queue_template_messages(org, s.birthday_template_id, 'birthday', coalesce(ids, '{}'), coalesce(keys, '{}'));
+  elsif automation = 'inactivity' then
+    if not s.inactivity_enabled or s.inactivity_template_id is null then
+      return 0;
+    end if;
+    select array_agg(l.customer_id), array_agg('inactivity:' || l.customer_id::text || ':' || l.order_id::text) into ids, keys
+      from (select distinct on (o.customer_id) o.customer_id, o.id as order_id, o.ordered_at
+              from crm.orders o
+             where o.organization_id = org and o.status in ('paid', 'partially_paid')
+             order by o.customer_id, o.ordered_at desc, o.id desc) l
+      join crm.customers c on c.organization_id = org and c.id = l.customer_id and c.deleted_at is null
+     where l.ordered_at < at - make_interval(days => s.inactivity_days);
+    return crm_private.queue_template_messages(org, s.inactivity_template_id, 'inactivity', coalesce(ids, '{}'), coalesce(keys, '{}'));
+  end if;
+  raise exception 'Unknown automation "%"; birthday or inactivity.', automation using errcode = 'CRVAL', column = 'automation';
 end
 $$;
+comment on function crm.run_message_automation(text, timestamptz) is E'@behavior -*\nQueues the birthday or inactivity messages due today (the daily tenant jobs call it).';
+grant execute on function crm.run_message_automation(text, timestamptz) to crm_user;
+
+create or replace function crm_jobs.send_birthday_messages(payload jsonb default '{}'::jsonb) returns bigint
+  language sql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  select crm.run_message_automation('birthday', (payload->>'asOf')::timestamptz)::bigint
+$$;
+grant execute on function crm_jobs.send_birthday_messages(jsonb) to crm_user;
+
+create or replace function crm_jobs.send_inactivity_messages(payload jsonb default '{}'::jsonb) returns bigint
+  language sql volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  select crm.run_message_automation('inactivity', (payload->>'asOf')::timestamptz)::bigint
+$$;
 grant execute on function crm_jobs.send_inactivity_messages(jsonb) to crm_user;
+
+-- Reference guards (a caller's write may only point at rows the caller can see).
+select crm_private.guard_references('crm.campaigns');
+select crm_private.guard_references('crm.campaign_contacts');
+select crm_private.guard_references('crm.consents');
+select crm_private.guard_references('crm.messages');
+select crm_private.guard_references('crm.messaging_settings');

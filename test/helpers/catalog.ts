@@ -85,6 +85,15 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.revoke_promotion": `${COMMERCE}: closes an assignment (not writable by the API)`,
   "crm.score_leads":
     "AI: checks ai:use and that every id is a customer or contact the caller sees (NOT_FOUND otherwise), unpins those scores and enqueues the scoring job",
+  "crm.set_consent": "messaging: checks consent:manage and the customer's visibility explicitly, then upserts the subject's consent row (no direct writes)",
+  "crm.delete_campaign": TRASH,
+  "crm.add_campaign_recipients": "messaging workflow: checks campaigns:update and the customers' visibility explicitly, then writes campaign_contacts (no direct writes)",
+  "crm.add_campaign_segment": "messaging workflow: checks campaigns:update, then adds the segment's members across the organization",
+  "crm.remove_campaign_recipients": "messaging workflow: checks campaigns:update, then marks recipients removed and cancels their unsent messages",
+  "crm.execute_campaign": "messaging workflow: checks campaigns:execute, then fans the campaign out to the whole organization's recipients in one statement (consent and suppression in SQL)",
+  "crm.campaign_metrics": "messaging report: needs campaigns:read, then counts the campaign's messages and the recipients' orders across every owner",
+  "crm.run_message_automation": "messaging automation: only the organization's system principal (tenant job) or settings:manage; queues messages with the owner's signing key",
+  "crm.campaigns_metrics": "messaging report: the campaign's metrics (as campaign_metrics), for callers with campaigns:read in its organization",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

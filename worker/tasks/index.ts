@@ -9,6 +9,7 @@ import { makeWebhooksDeliver } from "./webhooks-deliver.ts";
 import { makeImportsRun } from "./imports-run.ts";
 import { makeIntegrationsPrune, makeNotificationsDigest, makeNotificationsEmail, makeNotificationsScan } from "./notifications.ts";
 import { makeLoyaltyExpire } from "./loyalty-expire.ts";
+import { makeMessagesSend } from "./messages-send.ts";
 
 // Tenant tasks (one organization each) come from worker/tenant/registry.ts.
 export const TASK_IDENTIFIERS = [
@@ -23,6 +24,7 @@ export const TASK_IDENTIFIERS = [
   "imports:run",
   "integrations:prune",
   "loyalty:expire",
+  "messages:send",
 ] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
@@ -39,5 +41,6 @@ export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier
     "imports:run": makeImportsRun(ctx),
     "integrations:prune": makeIntegrationsPrune(ctx),
     "loyalty:expire": makeLoyaltyExpire(ctx),
+    "messages:send": makeMessagesSend(ctx),
   };
 }

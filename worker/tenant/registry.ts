@@ -62,6 +62,18 @@ export const TENANT_TASKS = [
     summary: "With Amazon Bedrock: the model's sentiment and summary of the recent notes of customers whose notes changed (crm.ai_insights); a minute after notes change.",
     makeHandler: makeReadNotes,
   },
+  {
+    identifier: "messages:birthday",
+    schedule: "daily",
+    summary: "Queues the birthday message (crm.messages) to customers whose birthday is today in the organization's time zone (29 February: 28 February in other years), once a year, when the birthday automation is on.",
+    sqlFunction: "crm_jobs.send_birthday_messages",
+  },
+  {
+    identifier: "messages:inactivity",
+    schedule: "daily",
+    summary: "Queues the inactivity message (crm.messages) to customers with no paid order for the set number of days, once per inactivity episode, when the inactivity automation is on.",
+    sqlFunction: "crm_jobs.send_inactivity_messages",
+  },
 ] as const satisfies readonly TenantTaskDefinition[];
 
 export type TenantTaskIdentifier = (typeof TENANT_TASKS)[number]["identifier"];
