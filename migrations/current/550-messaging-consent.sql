@@ -198,7 +198,7 @@ as $$
      and not exists (select 1 from crm.consents k
                       where k.organization_id = org and k.customer_id = customer and k.channel = chan and k.status = 'opted_out')
      and not exists (select 1 from crm.suppressions s
-                      where s.organization_id = org and s.channel = chan and s.address = may_receive.address::public.citext)
+                      where s.organization_id = org and s.channel = chan and s.address operator(public.=) may_receive.address::public.citext)
 $$;
 comment on function crm.may_receive(uuid, uuid, text, text) is E'@behavior -*\nWhether a marketing message may go to this customer at this address on this channel: an address, no opt-out, not suppressed.';
 grant execute on function crm.may_receive(uuid, uuid, text, text) to crm_user;

@@ -55,7 +55,7 @@ begin
   end if;
   insert into crm.campaign_contacts (organization_id, campaign_id, customer_id, source, status)
   select c.organization_id, c.id, i, 'manual', 'pending' from (select distinct unnest(customer_ids) as i) u
-  on conflict (organization_id, campaign_id, customer_id) do update set status = 'pending', added_at = now()
+  on conflict on constraint campaign_contacts_customer_unique do update set status = 'pending', added_at = now()
    where crm.campaign_contacts.status = 'removed';
   get diagnostics n = row_count;
   return n;
@@ -104,7 +104,7 @@ begin
   insert into crm.campaign_contacts (organization_id, campaign_id, customer_id, source, status)
   select c.organization_id, c.id, i, 'manual', 'removed' from (select distinct unnest(customer_ids) as i) u
    where exists (select 1 from crm.customers x where x.organization_id = c.organization_id and x.id = u.i)
-  on conflict (organization_id, campaign_id, customer_id) do update set status = 'removed'
+  on conflict on constraint campaign_contacts_customer_unique do update set status = 'removed'
    where crm.campaign_contacts.status in ('pending', 'skipped', 'queued')
      and not exists (select 1 from crm.messages m where m.organization_id = crm.campaign_contacts.organization_id
                         and m.id = crm.campaign_contacts.message_id and m.status <> 'cancelled');
@@ -162,14 +162,14 @@ begin
     ), org as (
       select o.name from crm.organizations o where o.id = $2
     ), recipients as (
-      select x.id as customer_id, x.name, x.level_id, coalesce(cc.source, 'segment') as source,
+      select c.id as customer_id, c.name, c.level_id, coalesce(cc.source, 'segment') as source,
              pc.id as contact_id, pc.first_name, pc.last_name,
-             case when $6 = 'email' then coalesce(x.email::text, pc.email::text) else coalesce(x.phone, pc.mobile, pc.phone) end as address,
+             case when $6 = 'email' then coalesce(c.email::text, pc.email::text) else coalesce(c.phone, pc.mobile, pc.phone) end as address,
              gen_random_uuid() as message_id
-        from crm.customers x
-        left join crm.campaign_contacts cc on cc.organization_id = x.organization_id and cc.campaign_id = $3 and cc.customer_id = x.id
-        left join crm.contacts pc on pc.organization_id = x.organization_id and pc.customer_id = x.id and pc.is_primary and pc.deleted_at is null
-        where x.organization_id = $2 and x.deleted_at is null
+        from crm.customers c
+        left join crm.campaign_contacts cc on cc.organization_id = c.organization_id and cc.campaign_id = $3 and cc.customer_id = c.id
+        left join crm.contacts pc on pc.organization_id = c.organization_id and pc.customer_id = c.id and pc.is_primary and pc.deleted_at is null
+        where c.organization_id = $2 and c.deleted_at is null
          and ((cc.id is not null and cc.status in ('pending', 'skipped')) or (cc.id is null and %s))
     ), prepared as (
       select r.*, crm.may_receive($2, r.customer_id, $6, r.address) as eligible from recipients r
@@ -523,9 +523,10 @@ $$;
 -- For other modules (finance's overdue notices, …): queue one e-mail or SMS to a customer, with your
 -- own subject and body (already rendered; e-mail bodies are HTML), honouring consent and the
 -- suppression list like every send path. Returns the message id, or null when the customer may not
--- receive it (no address, opted out, suppressed) or dedupe_key was used before.
+-- receive it (no address, opted out, suppressed) or `key` (a dedupe key: once per key) was used before.
+drop function if exists crm_private.enqueue_message(uuid, uuid, text, text, text, text, text, timestamptz);
 create or replace function crm_private.enqueue_message(org uuid, customer uuid, channel text, subject text, body text,
-                                                       dedupe_key text default null, kind text default 'transactional',
+                                                       key text default null, kind text default 'transactional',
                                                        scheduled_for timestamptz default null)
   returns uuid
   language plpgsql volatile
@@ -540,7 +541,7 @@ begin
   end if;
   insert into crm.messages as x (organization_id, customer_id, channel, kind, recipient, subject, body, scheduled_for, automation, dedupe_key)
   values (org, customer, enqueue_message.channel, enqueue_message.kind, address, enqueue_message.subject, enqueue_message.body,
-          coalesce(enqueue_message.scheduled_for, now()), 'notice', enqueue_message.dedupe_key)
+          coalesce(enqueue_message.scheduled_for, now()), 'notice', enqueue_message.key)
   on conflict (organization_id, dedupe_key) where x.dedupe_key is not null do nothing
   returning x.id into mid;
   if mid is not null then
