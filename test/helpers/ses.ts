@@ -71,6 +71,9 @@ export function decodeMime(raw: string): { headers: Record<string, string>; text
     if (i > 0) headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
   }
   const body = rest.join("\r\n\r\n");
+  if (!/multipart/i.test(headers["content-type"] ?? "")) {
+    return { headers, text: Buffer.from(body.replace(/\s+/g, ""), "base64").toString("utf8"), html: "" };
+  }
   const parts = body.split(/--cairn-[0-9a-f]+/).map((p) => p.trim());
   let text = "";
   let html = "";
