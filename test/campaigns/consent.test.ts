@@ -70,9 +70,9 @@ describe("consent and suppression", () => {
     expect(sent.map((s) => s.to_address)).toEqual(["olga@consent.test"]);
     const { rows } = await db.owner.query("select customer_id, status, skip_reason from crm.campaign_contacts where campaign_id = $1", [id]);
     const by = Object.fromEntries(rows.map((r) => [r.customer_id, r]));
-    expect(by[ids.ok]!.status).toBe("sent");
-    for (const k of ["optedOut", "suppressed", "bounced"]) expect(by[ids[k]!]).toMatchObject({ status: "skipped", skip_reason: "Opted out or suppressed." });
-    expect(by[ids.noEmail]).toMatchObject({ status: "skipped", skip_reason: "No address for the channel." });
+    expect(by[ids.ok!]!.status).toBe("sent");
+    for (const k of ["optedOut", "suppressed", "bounced"]) expect(by[ids[k]!]!).toMatchObject({ status: "skipped", skip_reason: "Opted out or suppressed." });
+    expect(by[ids.noEmail!]).toMatchObject({ status: "skipped", skip_reason: "No address for the channel." });
   });
 
   test("opting out after queuing cancels the message before it is sent", async () => {
