@@ -48,9 +48,12 @@ comment on column crm.campaigns.status is 'planning → active ⇄ paused → co
 comment on column crm.campaigns.actual_cost is 'What the campaign cost so far (typed in); ROI = (attributed revenue − actual cost) / actual cost.';
 comment on column crm.campaigns.conversion_window_days is 'Days after a send during which a recipient''s paid order counts as a conversion; empty: the organization''s setting.';
 
+-- A high-volume table (a row per recipient, written by the fan-out): organization_id has no foreign
+-- key of its own; the composite keys to the campaign and the customer tie the row to its organization
+-- (and delete it with them).
 create table if not exists crm.campaign_contacts (
   id uuid primary key default gen_random_uuid(),
-  organization_id uuid not null default crm.current_org_id() references crm.organizations (id) on delete cascade,
+  organization_id uuid not null default crm.current_org_id(),
   campaign_id uuid not null,
   customer_id uuid not null,
   contact_id uuid,
@@ -75,8 +78,11 @@ create table if not exists crm.campaign_contacts (
   constraint campaign_contacts_contact_fkey foreign key (organization_id, contact_id) references crm.contacts (organization_id, id) on delete set null (contact_id)
 );
 create index if not exists campaign_contacts_organization_id_customer_id_idx on crm.campaign_contacts (organization_id, customer_id);
-create index if not exists campaign_contacts_organization_id_contact_id_idx on crm.campaign_contacts (organization_id, contact_id);
-create index if not exists campaign_contacts_organization_id_message_id_idx on crm.campaign_contacts (organization_id, message_id);
+drop index if exists crm.campaign_contacts_organization_id_contact_id_idx;
+create index if not exists campaign_contacts_organization_id_contact_id_partial_idx on crm.campaign_contacts (organization_id, contact_id) where contact_id is not null;
+drop index if exists crm.campaign_contacts_organization_id_message_id_idx;
+alter table crm.campaign_contacts drop constraint if exists campaign_contacts_organization_id_fkey;
+comment on column crm.campaign_contacts.message_id is 'The message queued for this recipient (crm.messages, unique per campaign and customer).';
 comment on table crm.campaign_contacts is E'@behavior -insert -update -delete\nA campaign''s recipients and how far each got: pending (added) or removed, skipped (no address, opted out or suppressed at execution), queued, sent, delivered, opened, clicked, bounced, unsubscribed, failed, each with its time. Added and removed with addCampaignRecipients, addCampaignSegment, removeCampaignRecipients; moved by the message queue and the engagement endpoints.';
 
 -- Tasks can belong to a campaign.

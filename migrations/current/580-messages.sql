@@ -2,9 +2,12 @@
 -- outboxes, and the functions the messages:send worker task claims and records with.
 -- docs/campaigns.md#delivery-guarantees.
 
+-- A high-volume table (the fan-out writes a row per recipient): organization_id has no foreign key of
+-- its own, the composite keys to the customer and the campaign tie a message to its organization (and
+-- delete it with them); indexes are the ones the queue, the keys and the policies need.
 create table if not exists crm.messages (
   id uuid primary key default gen_random_uuid(),
-  organization_id uuid not null default crm.current_org_id() references crm.organizations (id) on delete cascade,
+  organization_id uuid not null default crm.current_org_id(),
   customer_id uuid,
   contact_id uuid,
   channel text not null constraint messages_channel_check check (channel in ('email', 'sms')),
@@ -45,10 +48,14 @@ create unique index if not exists messages_campaign_customer_unique on crm.messa
 -- Automations: once per key (birthday: customer and year; inactivity: customer and episode; welcome: customer).
 create unique index if not exists messages_dedupe_key_unique on crm.messages (organization_id, dedupe_key) where dedupe_key is not null;
 create index if not exists messages_organization_id_customer_id_idx on crm.messages (organization_id, customer_id);
-create index if not exists messages_organization_id_contact_id_idx on crm.messages (organization_id, contact_id);
-create index if not exists messages_organization_id_template_id_idx on crm.messages (organization_id, template_id);
-create index if not exists messages_organization_id_status_idx on crm.messages (organization_id, status);
-create index if not exists messages_organization_id_claimed_at_idx on crm.messages (organization_id, claimed_at);
+-- Partial: most messages have neither (campaign messages name their template through the campaign).
+drop index if exists crm.messages_organization_id_contact_id_idx;
+drop index if exists crm.messages_organization_id_template_id_idx;
+create index if not exists messages_organization_id_contact_id_partial_idx on crm.messages (organization_id, contact_id) where contact_id is not null;
+create index if not exists messages_organization_id_template_id_partial_idx on crm.messages (organization_id, template_id) where template_id is not null;
+alter table crm.messages drop constraint if exists messages_organization_id_fkey;
+drop index if exists crm.messages_organization_id_status_idx;
+drop index if exists crm.messages_organization_id_claimed_at_idx;
 -- The worker's queue: due pending messages, and leases to reconcile.
 create index if not exists messages_due_idx on crm.messages (scheduled_for) where status = 'pending';
 create index if not exists messages_sending_idx on crm.messages (lease_expires_at) where status = 'sending';
@@ -71,14 +78,20 @@ grant select on crm.messages to crm_user;
 drop trigger if exists _100_updated_at on crm.messages;
 create trigger _100_updated_at before update on crm.messages for each row execute function crm_private.tg_set_updated_at();
 
-do $$
-begin
-  if not exists (select 1 from pg_constraint where conname = 'campaign_contacts_message_fkey') then
-    alter table crm.campaign_contacts add constraint campaign_contacts_message_fkey foreign key (organization_id, message_id)
-      references crm.messages (organization_id, id) on delete set null (message_id);
-  end if;
-end
-$$;
+-- campaign_contacts.message_id has no foreign key: messages go only with their campaign or customer,
+-- which take the recipient row with them.
+alter table crm.campaign_contacts drop constraint if exists campaign_contacts_message_fkey;
+
+-- Messages claimed per organization and minute: the send rate's counter.
+create table if not exists crm_private.send_counters (
+  organization_id uuid not null,
+  minute timestamptz not null,
+  claimed int not null default 0,
+  primary key (organization_id, minute)
+);
+alter table crm_private.send_counters enable row level security;
+drop policy if exists no_access on crm_private.send_counters;
+create policy no_access on crm_private.send_counters using (false);
 
 -- The local providers' outboxes (development and tests): what "left the machine". The idempotency
 -- key (the message id) makes a repeated hand-over a no-op, and lets the worker reconcile a message
@@ -115,14 +128,11 @@ create or replace function crm_private.claim_messages(batch int, lease_seconds i
 as $$
 #variable_conflict use_column
 begin
-  update crm.messages m set status = 'cancelled', error_message = 'The recipient opted out or is suppressed.'
-   where m.status = 'pending' and m.scheduled_for <= now()
-     and m.id in (select x.id from crm.messages x where x.status = 'pending' and x.scheduled_for <= now()
-                     and not crm.may_receive(x.organization_id, x.customer_id, x.channel, x.recipient)
-                   limit batch * 4);
+  delete from crm_private.send_counters c where c.minute < date_trunc('minute', now()) - interval '1 hour';
   return query
   with candidates as (
-    select m.id, m.organization_id, m.scheduled_for
+    select m.id, m.organization_id, m.scheduled_for,
+           crm.may_receive(m.organization_id, m.customer_id, m.channel, m.recipient) as ok
       from crm.messages m
      where m.status = 'pending' and m.scheduled_for <= now() and (m.next_attempt_at is null or m.next_attempt_at <= now())
        and (m.campaign_id is null or exists (select 1 from crm.campaigns c where c.organization_id = m.organization_id and c.id = m.campaign_id
@@ -130,35 +140,54 @@ begin
      order by m.scheduled_for
      limit batch * 2
        for update of m skip locked
+  ), cancelled as (
+    -- Opted out or suppressed since it was queued: never sent.
+    update crm.messages m set status = 'cancelled', error_message = 'The recipient opted out or is suppressed.'
+      from candidates c where m.id = c.id and not c.ok
+    returning m.id, m.organization_id, m.campaign_id, m.customer_id
+  ), cancelled_contacts as (
+    update crm.campaign_contacts cc set status = 'skipped', skip_reason = 'Opted out or suppressed.'
+      from cancelled x
+     where x.campaign_id is not null and cc.organization_id = x.organization_id and cc.campaign_id = x.campaign_id
+       and cc.customer_id = x.customer_id and cc.status = 'queued'
+    returning 1
   ), orgs as (
     select o.organization_id,
            coalesce(s.send_rate_per_minute, 6000)
-             - (select count(*) from crm.messages x where x.organization_id = o.organization_id and x.claimed_at >= date_trunc('minute', now())) as allowance,
+             - coalesce((select k.claimed from crm_private.send_counters k
+                          where k.organization_id = o.organization_id and k.minute = date_trunc('minute', now())), 0) as allowance,
            case when s.quiet_hours_start is null then false
                 else (select case when s.quiet_hours_start <= s.quiet_hours_end
                                   then h >= s.quiet_hours_start and h < s.quiet_hours_end
                                   else h >= s.quiet_hours_start or h < s.quiet_hours_end end
                         from extract(hour from now() at time zone crm_private.org_timezone(o.organization_id)) h) end as quiet
-      from (select distinct c.organization_id from candidates c) o
+      from (select distinct c.organization_id from candidates c where c.ok) o
       left join crm.messaging_settings s on s.organization_id = o.organization_id
   ), picked as (
-    select c.id
-      from (select c.*, row_number() over (partition by c.organization_id order by c.scheduled_for) as n from candidates c) c
+    select c.id, c.organization_id
+      from (select c.*, row_number() over (partition by c.organization_id order by c.scheduled_for) as n from candidates c where c.ok) c
       join orgs o on o.organization_id = c.organization_id
      where not o.quiet and c.n <= o.allowance
      order by c.scheduled_for
      limit batch
+  ), counted as (
+    insert into crm_private.send_counters (organization_id, minute, claimed)
+    select p.organization_id, date_trunc('minute', now()), count(*) from picked p group by p.organization_id
+    on conflict (organization_id, minute) do update set claimed = crm_private.send_counters.claimed + excluded.claimed
+    returning 1
   ), keys as (
     select k.secret, k.public_url from crm_private.messaging_keys k
+  ), claimed as (
+    update crm.messages m
+       set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
+           lease_expires_at = now() + make_interval(secs => lease_seconds), next_attempt_at = null
+      from picked p, keys k
+     where m.id = p.id
+    returning m.id, m.organization_id, m.channel, m.kind, m.recipient, m.subject, m.body, m.attempts,
+              crm_private.sign_message('unsubscribe', m.id, k.secret) as unsubscribe_token, crm_private.sign_message('open', m.id, k.secret) as open_token,
+              crm_private.sign_message('click', m.id, k.secret) as click_token, k.public_url
   )
-  update crm.messages m
-     set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
-         lease_expires_at = now() + make_interval(secs => lease_seconds), next_attempt_at = null
-    from picked p, keys k
-   where m.id = p.id
-  returning m.id, m.organization_id, m.channel, m.kind, m.recipient, m.subject, m.body, m.attempts,
-            crm_private.sign_message('unsubscribe', m.id, k.secret), crm_private.sign_message('open', m.id, k.secret),
-            crm_private.sign_message('click', m.id, k.secret), k.public_url;
+  select * from claimed;
 end
 $$;
 
@@ -205,7 +234,7 @@ begin
            lease_expires_at = null
       from o
      where m.id = o.id and m.status = 'sending'
-    returning m.id, m.organization_id, m.campaign_id, m.status, m.sent_at
+    returning m.id, m.organization_id, m.campaign_id, m.customer_id, m.status, m.sent_at
   ), contacts as (
     update crm.campaign_contacts cc
        set status = case when u.status = 'sent' then 'sent' else 'failed' end,
@@ -213,7 +242,7 @@ begin
            failed_at = case when u.status = 'failed' then now() else cc.failed_at end
       from updated u
      where u.campaign_id is not null and u.status in ('sent', 'failed')
-       and cc.organization_id = u.organization_id and cc.message_id = u.id and cc.status = 'queued'
+       and cc.organization_id = u.organization_id and cc.campaign_id = u.campaign_id and cc.customer_id = u.customer_id and cc.status = 'queued'
     returning 1
   )
   select count(*) into n from updated;

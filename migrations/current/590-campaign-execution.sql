@@ -172,7 +172,14 @@ begin
         where c.organization_id = $2 and c.deleted_at is null
          and ((cc.id is not null and cc.status in ('pending', 'skipped')) or (cc.id is null and %s))
     ), prepared as (
-      select r.*, crm.may_receive($2, r.customer_id, $6, r.address) as eligible from recipients r
+      -- crm.may_receive in set form (hash joins rather than a probe per recipient): an address, no
+      -- opt-out for the channel, not suppressed.
+      select r.*, r.address is not null and k.customer_id is null and s.address is null as eligible
+        from recipients r
+        left join (select distinct k.customer_id from crm.consents k
+                    where k.organization_id = $2 and k.channel = $6 and k.status = 'opted_out') k on k.customer_id = r.customer_id
+        left join (select s.address from crm.suppressions s where s.organization_id = $2 and s.channel = $6) s
+          on s.address operator(public.=) r.address::public.citext
     ), inserted as (
       insert into crm.messages (id, organization_id, customer_id, contact_id, channel, kind, recipient, subject, body, scheduled_for,
                                 campaign_id, template_id)
@@ -180,7 +187,7 @@ begin
              crm_private.render_text($7, false, v.first_name, v.last_name, l.name::text, coalesce(b.balance_after, 0), o.name, null),
              crm_private.render_body($8, $6, v.first_name, v.last_name, l.name::text, coalesce(b.balance_after, 0), o.name,
                                      k.public_url || '/unsubscribe/' || crm_private.sign_message('unsubscribe', p.message_id, k.secret)),
-             coalesce($4, now()), $3, $5
+             coalesce($4, now()), $3, null
         from prepared p
         cross join keys k
         cross join org o
@@ -191,16 +198,16 @@ begin
                             where lg.organization_id = $2 and lg.customer_id = p.customer_id order by lg.id desc limit 1) b on true
        where p.eligible
       on conflict (organization_id, campaign_id, customer_id) where campaign_id is not null do nothing
-      returning id, customer_id
+      returning id, customer_id, contact_id
     ), contacts as (
+      -- New rows are the segment's members (rows added by hand exist already and keep their source).
       insert into crm.campaign_contacts (organization_id, campaign_id, customer_id, contact_id, message_id, source, status, skip_reason, queued_at)
-      select $2, $3, p.customer_id, p.contact_id, i.id, p.source,
-             case when i.id is not null then 'queued' else 'skipped' end,
-             case when i.id is null then case when p.address is null then 'No address for the channel.' else 'Opted out or suppressed.' end end,
-             case when i.id is not null then now() end
+      select $2, $3, i.customer_id, i.contact_id, i.id, 'segment', 'queued', null, now() from inserted i
+      union all
+      select $2, $3, p.customer_id, p.contact_id, null, 'segment', 'skipped',
+             case when p.address is null then 'No address for the channel.' else 'Opted out or suppressed.' end, null
         from prepared p
-        left join inserted i on i.customer_id = p.customer_id
-       where i.id is not null or not p.eligible
+       where not p.eligible
       on conflict (organization_id, campaign_id, customer_id) do update
          set contact_id = excluded.contact_id, message_id = excluded.message_id, status = excluded.status,
              skip_reason = excluded.skip_reason, queued_at = excluded.queued_at
@@ -341,7 +348,9 @@ as $$
          clicked_at = case when state = 'clicked' then coalesce(cc.clicked_at, at) else cc.clicked_at end,
          bounced_at = case when state = 'bounced' then coalesce(cc.bounced_at, at) else cc.bounced_at end,
          unsubscribed_at = case when state = 'unsubscribed' then coalesce(cc.unsubscribed_at, at) else cc.unsubscribed_at end
-   where cc.organization_id = org and cc.message_id = message
+    from crm.messages m
+   where m.id = message and m.organization_id = org and m.campaign_id is not null
+     and cc.organization_id = m.organization_id and cc.campaign_id = m.campaign_id and cc.customer_id = m.customer_id
 $$;
 
 -- The unsubscribe page: records the opt-out of the message's customer on its channel. Returns the
@@ -436,7 +445,8 @@ begin
       update crm.messages x set status = 'sent', sent_at = now(), provider_message_id = coalesce(x.provider_message_id, record_provider_event.provider_message_id),
                                 lease_expires_at = null where x.id = m.id;
       update crm.campaign_contacts cc set status = 'sent', sent_at = now()
-       where cc.organization_id = m.organization_id and cc.message_id = m.id and cc.status in ('queued', 'failed');
+       where cc.organization_id = m.organization_id and cc.campaign_id = m.campaign_id and cc.customer_id = m.customer_id
+         and cc.status in ('queued', 'failed');
     end if;
     if event = 'delivery' then
       update crm.messages x set status = case when x.status in ('sent', 'sending') then 'delivered' else x.status end,
