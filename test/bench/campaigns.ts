@@ -114,17 +114,6 @@ export async function runCampaignsBench(opts: { small?: boolean } = {}): Promise
     for (let r = 0; r < RUNS; r++) {
       const id = (await asAdmin("insert into crm.campaigns (name, template_id, segment_id) values ($1, $2, $3) returning id", [`Run ${r}`, template, segment]))[0].id as string;
       const t0 = performance.now();
-      if (process.env.BENCH_EXPLAIN && r === 0) {
-        const c = await owner.connect();
-        c.on("notice", (n) => process.stderr.write(String(n.message) + "\n"));
-        await c.query("load 'auto_explain'");
-        await c.query("set auto_explain.log_min_duration = 0; set auto_explain.log_nested_statements = on; set auto_explain.log_analyze = on; set client_min_messages = log");
-        await c.query("begin");
-        await c.query("select set_config('jwt.claims.sub', $1, true), set_config('jwt.claims.org', $2, true)", [org.adminId, org.id]);
-        await c.query("select crm.execute_campaign($1)", [id]);
-        await c.query("commit");
-        c.release();
-      } else
       await asAdmin("select crm.execute_campaign($1)", [id]);
       fanout.push(performance.now() - t0);
       queued = (await owner.query("select count(*)::int as n from crm.messages where campaign_id = $1", [id])).rows[0].n;
