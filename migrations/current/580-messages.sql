@@ -130,15 +130,27 @@ as $$
 begin
   delete from crm_private.send_counters c where c.minute < date_trunc('minute', now()) - interval '1 hour';
   return query
-  with candidates as (
+  with held as (
+    -- Organizations in their quiet hours now, or past this minute's send rate: their messages wait.
+    select s.organization_id
+      from crm.messaging_settings s
+      left join crm_private.send_counters k on k.organization_id = s.organization_id and k.minute = date_trunc('minute', now())
+     where coalesce(k.claimed, 0) >= s.send_rate_per_minute
+        or (s.quiet_hours_start is not null
+            and (select case when s.quiet_hours_start <= s.quiet_hours_end
+                             then h >= s.quiet_hours_start and h < s.quiet_hours_end
+                             else h >= s.quiet_hours_start or h < s.quiet_hours_end end
+                   from extract(hour from now() at time zone crm_private.org_timezone(s.organization_id)) h))
+  ), candidates as (
     select m.id, m.organization_id, m.scheduled_for,
            crm.may_receive(m.organization_id, m.customer_id, m.channel, m.recipient) as ok
       from crm.messages m
      where m.status = 'pending' and m.scheduled_for <= now() and (m.next_attempt_at is null or m.next_attempt_at <= now())
+       and m.organization_id not in (select h.organization_id from held h)
        and (m.campaign_id is null or exists (select 1 from crm.campaigns c where c.organization_id = m.organization_id and c.id = m.campaign_id
                                                 and c.status = 'active' and c.deleted_at is null))
      order by m.scheduled_for
-     limit batch * 2
+     limit batch
        for update of m skip locked
   ), cancelled as (
     -- Opted out or suppressed since it was queued: never sent.
