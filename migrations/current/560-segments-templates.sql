@@ -299,7 +299,8 @@ create trigger _110_filter before insert or update of filter on crm.segments for
 
 -- The customers a filter selects, under the caller's row-level security (a Sales Representative sees
 -- only their own). A connection: totalCount is the count, the first page the preview.
-create or replace function crm.segment_preview(filter jsonb) returns setof crm.customers
+drop function if exists crm.segment_preview(jsonb);
+create or replace function crm.segment_preview(filter jsonb default null) returns setof crm.customers
   language plpgsql stable
   set search_path = pg_catalog, pg_temp
 as $$
@@ -307,11 +308,12 @@ begin
   if not crm.has_permission('campaigns:read') then
     raise exception 'Previewing a segment needs campaigns:read.' using errcode = 'CRFBD';
   end if;
-  return query execute 'select c.* from crm.customers c where c.deleted_at is null and ' || crm.segment_sql(filter) || ' order by c.created_at, c.id'
+  return query execute 'select c.* from crm.customers c where c.deleted_at is null and '
+    || case when filter is null then 'true' else crm.segment_sql(filter) end || ' order by c.created_at, c.id'
     using filter;
 end
 $$;
-comment on function crm.segment_preview(jsonb) is E'The customers a segment filter selects, among those you can see: totalCount and a first page. An invalid filter is refused with VALIDATION naming the path (filter.all.0.op …).';
+comment on function crm.segment_preview(jsonb) is E'The customers a segment filter selects, among those you can see: totalCount and a first page (no filter: every customer you can see). An invalid filter is refused with VALIDATION naming the path (filter.all.0.op …).';
 grant execute on function crm.segment_preview(jsonb) to crm_user;
 
 create or replace function crm.segments_customer_count(s crm.segments) returns bigint

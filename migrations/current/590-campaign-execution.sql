@@ -319,11 +319,10 @@ comment on function crm.campaign_metrics(uuid) is 'A campaign''s metrics: queued
 grant execute on function crm.campaign_metrics(uuid) to crm_user;
 
 create or replace function crm.campaigns_metrics(c crm.campaigns) returns crm.campaign_performance
-  language sql stable security definer
+  language sql stable
   set search_path = pg_catalog, pg_temp
 as $$
-  select crm_private.campaign_performance(c.organization_id, c.id)
-   where c.organization_id = crm.current_org_id() and crm.has_permission('campaigns:read')
+  select crm.campaign_metrics(c.id)
 $$;
 comment on function crm.campaigns_metrics(crm.campaigns) is 'The campaign''s metrics (as campaignMetrics).';
 grant execute on function crm.campaigns_metrics(crm.campaigns) to crm_user;

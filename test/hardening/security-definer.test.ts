@@ -53,6 +53,10 @@ const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown> = 
   // Lists of the target's records.
   "crm.score_leads.customer_ids": (t) => [t.org.customerId],
   "crm.score_leads.contact_ids": (t) => [t.org.contactId],
+  // Campaigns: the target's campaign and customers.
+  "crm.execute_campaign.id": (t) => t.org.campaignId,
+  "crm.add_campaign_recipients.customer_ids": (t) => [t.org.customerId],
+  "crm.remove_campaign_recipients.customer_ids": (t) => [t.org.customerId],
 };
 
 /** Functions that answer success by design whatever they are given; only "nothing of A changed" is checked. */

@@ -93,7 +93,6 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.execute_campaign": "messaging workflow: checks campaigns:execute, then fans the campaign out to the whole organization's recipients in one statement (consent and suppression in SQL)",
   "crm.campaign_metrics": "messaging report: needs campaigns:read, then counts the campaign's messages and the recipients' orders across every owner",
   "crm.run_message_automation": "messaging automation: only the organization's system principal (tenant job) or settings:manage; queues messages with the owner's signing key",
-  "crm.campaigns_metrics": "messaging report: the campaign's metrics (as campaign_metrics), for callers with campaigns:read in its organization",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

@@ -15,6 +15,7 @@ export interface SeededTenant extends TestOrg {
   productId: string;
   promotionId: string;
   orderId: string;
+  campaignId: string;
 }
 
 export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant> {
@@ -143,5 +144,5 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
     org.id, campaignId, customerId, messageId,
   ]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
-  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId };
+  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId, campaignId };
 }
