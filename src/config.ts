@@ -81,6 +81,8 @@ export interface Config {
   ai: AiConfig;
   /** RFM settings a new organization starts with (docs/rfm.md); written to the database at start-up. */
   rfmDefaults: RfmDefaults;
+  /** E-mail and SMS providers, the message queue and its links (docs/campaigns.md). */
+  messaging: MessagingConfig;
 }
 
 /** The crm.rfm_settings of a new organization (snake_case: stored as given in crm_private.rfm_defaults). */
@@ -95,6 +97,33 @@ export interface RfmDefaults {
   lookback_days: number;
   counted_statuses: string[];
   scores_retention_days: number;
+}
+
+/** Messaging (docs/campaigns.md). */
+export interface MessagingConfig {
+  /** Base URL of this API as recipients reach it: unsubscribe, open and click links. */
+  publicApiUrl: string;
+  /** Sender address of every e-mail (account e-mails too). */
+  emailFrom: string;
+  emailProvider: "local" | "ses";
+  ses: {
+    region: string;
+    endpoint: string | undefined;
+    accessKeyId: string | undefined;
+    secretAccessKey: string | undefined;
+    sessionToken: string | undefined;
+    configurationSet: string | undefined;
+    timeoutMs: number;
+  };
+  smsProvider: "local" | "twilio";
+  twilio: { accountSid: string | undefined; authToken: string | undefined; from: string | undefined; baseUrl: string; timeoutMs: number };
+  /** Shared secret of the SES notification endpoint (SNS subscription URL ?secret=…); unset: the endpoint is off. */
+  sesNotificationSecret: string | undefined;
+  batchSize: number;
+  concurrency: number;
+  maxAttempts: number;
+  retryBaseMs: number;
+  leaseSeconds: number;
 }
 
 /** AI provider (docs/ai.md). */
@@ -310,6 +339,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hardening: hardeningConfig(env, nodeEnv),
     ai: aiConfig(env),
     rfmDefaults: rfmDefaults(env),
+    messaging: messagingConfig(env),
   };
 }
 
@@ -348,6 +378,50 @@ function rfmDefaults(env: NodeJS.ProcessEnv): RfmDefaults {
     lookback_days: int(env, "RFM_DEFAULT_LOOKBACK_DAYS", 730, 1, 3650),
     counted_statuses: statuses,
     scores_retention_days: int(env, "RFM_SCORES_RETENTION_DAYS", 180, 1, 3650),
+  };
+}
+
+function messagingConfig(env: NodeJS.ProcessEnv): MessagingConfig {
+  const emailProvider = (env.EMAIL_PROVIDER || "local").toLowerCase();
+  if (emailProvider !== "local" && emailProvider !== "ses") throw new ConfigError(`EMAIL_PROVIDER must be local or ses (got "${emailProvider}")`);
+  const smsProvider = (env.SMS_PROVIDER || "local").toLowerCase();
+  if (smsProvider !== "local" && smsProvider !== "twilio") throw new ConfigError(`SMS_PROVIDER must be local or twilio (got "${smsProvider}")`);
+  const accessKeyId = env.SES_ACCESS_KEY_ID || undefined;
+  const secretAccessKey = env.SES_SECRET_ACCESS_KEY || undefined;
+  if (!!accessKeyId !== !!secretAccessKey) throw new ConfigError("SES_ACCESS_KEY_ID and SES_SECRET_ACCESS_KEY go together");
+  const endpoint = env.SES_ENDPOINT || undefined;
+  if (endpoint && !/^https?:\/\//.test(endpoint)) throw new ConfigError(`SES_ENDPOINT must be an http(s) URL (got "${endpoint}")`);
+  const twilio = {
+    accountSid: env.TWILIO_ACCOUNT_SID || undefined,
+    authToken: env.TWILIO_AUTH_TOKEN || undefined,
+    from: env.TWILIO_FROM || undefined,
+    baseUrl: (env.TWILIO_BASE_URL || "https://api.twilio.com").replace(/\/+$/, ""),
+    timeoutMs: int(env, "TWILIO_TIMEOUT_MS", 10_000, 100, 120_000),
+  };
+  if (smsProvider === "twilio" && (!twilio.accountSid || !twilio.authToken || !twilio.from)) {
+    throw new ConfigError("SMS_PROVIDER=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM");
+  }
+  return {
+    publicApiUrl: (env.PUBLIC_API_URL || `http://localhost:${env.PORT || 3000}`).replace(/\/+$/, ""),
+    emailFrom: env.EMAIL_FROM || "Cairn <no-reply@cairn.local>",
+    emailProvider,
+    ses: {
+      region: env.SES_REGION || "us-east-1",
+      endpoint,
+      accessKeyId,
+      secretAccessKey,
+      sessionToken: env.SES_SESSION_TOKEN || undefined,
+      configurationSet: env.SES_CONFIGURATION_SET || undefined,
+      timeoutMs: int(env, "SES_TIMEOUT_MS", 10_000, 100, 120_000),
+    },
+    smsProvider,
+    twilio,
+    sesNotificationSecret: env.SES_NOTIFICATION_SECRET || undefined,
+    batchSize: int(env, "MESSAGES_BATCH_SIZE", 500, 1, 10_000),
+    concurrency: int(env, "MESSAGES_CONCURRENCY", 16, 1, 256),
+    maxAttempts: int(env, "MESSAGES_MAX_ATTEMPTS", 5, 1, 50),
+    retryBaseMs: int(env, "MESSAGES_RETRY_BASE_MS", 30_000, 0, 3_600_000),
+    leaseSeconds: int(env, "MESSAGES_LEASE_SECONDS", 300, 1, 86_400),
   };
 }
 

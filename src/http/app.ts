@@ -21,6 +21,7 @@ import { Metrics } from "./metrics.ts";
 import { pgSettingsFor, type PrincipalResolver } from "../auth/context.ts";
 import { mountIntegrationRoutes } from "./integrations.ts";
 import { mountFinanceRoutes } from "./finance.ts";
+import { mountMessagingRoutes } from "./messaging.ts";
 
 export interface ReadinessCheck {
   name: string;
@@ -230,6 +231,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   await serv.addTo(app, server);
   mountIntegrationRoutes(app, { config, logger, authPool: deps.authPool, ownerPool: deps.ownerPool, jwtSecret: deps.jwtSecret, resolvePrincipal: deps.resolvePrincipal, pgl });
   mountFinanceRoutes(app, { config, logger, authPool: deps.authPool, ownerPool: deps.ownerPool, jwtSecret: deps.jwtSecret, resolvePrincipal: deps.resolvePrincipal, pgl });
+  mountMessagingRoutes(app, { config, logger, ownerPool: deps.ownerPool });
 
   app.use((_req, res) => {
     res.status(404).json({ errors: [{ message: "Not found", extensions: { code: "NOT_FOUND" } }] });

@@ -26,6 +26,7 @@ const STANDALONE: Record<string, () => Promise<unknown>> = {
   memory: () => import("./memory.ts"),
   abuse: () => import("./abuse.ts"),
   import: async () => (await import("./import.ts")).runImportBench({ small }),
+  campaigns: async () => (await import("./campaigns.ts")).runCampaignsBench({ small }),
 };
 
 const asked = args.filter((a) => !a.startsWith("--"));

@@ -59,6 +59,10 @@ const ARG_OVERRIDES: Record<string, (target: Ctx, caller: string) => unknown | P
   "crm.create_invoice_from_orders.order_ids": (t) => [t.org.orderId],
   "crm.bill_schedule_period.schedule_id": async (t) =>
     (await db.owner.query("select id from crm.billing_schedules where organization_id = $1 limit 1", [t.org.id])).rows[0]?.id,
+  // Campaigns: the target's campaign and customers.
+  "crm.execute_campaign.id": (t) => t.org.campaignId,
+  "crm.add_campaign_recipients.customer_ids": (t) => [t.org.customerId],
+  "crm.remove_campaign_recipients.customer_ids": (t) => [t.org.customerId],
 };
 
 /** Functions that answer success by design whatever they are given; only "nothing of A changed" is checked. */

@@ -104,6 +104,14 @@ export const EXPOSED_SECURITY_DEFINER: Record<string, string> = {
   "crm.expire_loyalty_points_as_job":
     "loyalty:expire tenant job: refuses everyone but the organization's system principal, then appends expiries to the append-only ledger (not writable by crm_user) under the loyalty lock; hidden from the API",
   "crm.recalculate_rfm": "RFM: checks settings:manage, then queues a run (crm.rfm_runs is written by the job's system principal only) and the rfm:score job",
+  "crm.set_consent": "messaging: checks consent:manage and the customer's visibility explicitly, then upserts the subject's consent row (no direct writes)",
+  "crm.delete_campaign": TRASH,
+  "crm.add_campaign_recipients": "messaging workflow: checks campaigns:update and the customers' visibility explicitly, then writes campaign_contacts (no direct writes)",
+  "crm.add_campaign_segment": "messaging workflow: checks campaigns:update, then adds the segment's members across the organization",
+  "crm.remove_campaign_recipients": "messaging workflow: checks campaigns:update, then marks recipients removed and cancels their unsent messages",
+  "crm.execute_campaign": "messaging workflow: checks campaigns:execute, then fans the campaign out to the whole organization's recipients in one statement (consent and suppression in SQL)",
+  "crm.campaign_metrics": "messaging report: needs campaigns:read, then counts the campaign's messages and the recipients' orders across every owner",
+  "crm.run_message_automation": "messaging automation: only the organization's system principal (tenant job) or settings:manage; queues messages with the owner's signing key",
 };
 
 type Q = Pick<pg.ClientBase, "query">;

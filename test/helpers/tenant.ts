@@ -16,6 +16,7 @@ export interface SeededTenant extends TestOrg {
   promotionId: string;
   orderId: string;
   invoiceId: string;
+  campaignId: string;
 }
 
 export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant> {
@@ -159,6 +160,22 @@ export async function seedTenant(db: TestDb, slug: string): Promise<SeededTenant
      values ($1, $2, $3, 5, 1, 2, 2.67, 0, 1, 100, $4, $4)`,
     [org.id, rfmRun, customerId, gold],
   );
+  // Messaging: consent, a suppressed address, a segment, a template, a campaign with a recipient and
+  // its queued message (the settings row comes with the organization).
+  await q("insert into crm.consents (organization_id, customer_id, channel, status, source) values ($1, $2, 'sms', 'opted_out', 'fixture')", [org.id, customerId]);
+  await q("insert into crm.suppressions (organization_id, channel, address, reason) values ($1, 'email', $2, 'manual')", [org.id, `blocked@${slug}.test`]);
+  const segmentId = await one(`insert into crm.segments (organization_id, name, filter) values ($1, 'Prospects', '{"all": [{"field": "status", "op": "=", "value": "prospect"}]}') returning id`, [org.id]);
+  const templateId = await one("insert into crm.message_templates (organization_id, name, channel, subject, body) values ($1, 'Hello', 'email', 'Hello [FirstName]', '<p>Hi [FirstName]</p>') returning id", [org.id]);
+  const campaignId = await one("insert into crm.campaigns (organization_id, name, owner_id, segment_id, template_id) values ($1, 'Spring', $2, $3, $4) returning id", [
+    org.id, memberId, segmentId, templateId,
+  ]);
+  const messageId = await one(
+    "insert into crm.messages (organization_id, customer_id, channel, recipient, subject, body, campaign_id, template_id, status) values ($1, $2, 'email', $3, 'Hello', 'Hi', $4, $5, 'cancelled') returning id",
+    [org.id, customerId, `buyer@${slug}.test`, campaignId, templateId],
+  );
+  await q("insert into crm.campaign_contacts (organization_id, campaign_id, customer_id, message_id, status) values ($1, $2, $3, $4, 'queued')", [
+    org.id, campaignId, customerId, messageId,
+  ]);
   // Audit rows come from the triggers (memberships, teams, roles, every CRM table).
-  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId, invoiceId };
+  return { ...org, memberId, teamId, customerId, contactId, dealId, projectId, taskId: taskA, productId, promotionId, orderId, invoiceId, campaignId };
 }

@@ -1,9 +1,9 @@
 // email:send — renders an account email (confirmation, password reset, invitation) and hands it to the
-// configured provider. The payload comes from crm_private.queue_email in the transaction that made
+// configured provider (EMAIL_PROVIDER: the local outbox or Amazon SES). The payload comes from crm_private.queue_email in the transaction that made
 // the token, so an email exists only for a committed token.
 import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
-import { LocalEmailProvider, renderAccountEmail } from "../providers/email.ts";
+import { emailProviderFor, renderAccountEmail } from "../providers/email.ts";
 
 export interface EmailSendPayload {
   template: string;
@@ -12,7 +12,7 @@ export interface EmailSendPayload {
 }
 
 export function makeEmailSend(ctx: TaskContext): Task {
-  const provider = new LocalEmailProvider(ctx.ownerPool);
+  const provider = emailProviderFor(ctx.config, ctx.ownerPool);
   return async (payload) => {
     const p = assertPayload<EmailSendPayload>(
       payload,

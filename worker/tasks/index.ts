@@ -8,6 +8,7 @@ import { makeTenantTaskList, TENANT_TASK_IDENTIFIERS } from "../tenant/registry.
 import { makeWebhooksDeliver } from "./webhooks-deliver.ts";
 import { makeImportsRun } from "./imports-run.ts";
 import { makeIntegrationsPrune, makeNotificationsDigest, makeNotificationsEmail, makeNotificationsScan } from "./notifications.ts";
+import { makeMessagesSend } from "./messages-send.ts";
 
 // Tenant tasks (one organization each) come from worker/tenant/registry.ts.
 export const TASK_IDENTIFIERS = [
@@ -21,6 +22,7 @@ export const TASK_IDENTIFIERS = [
   "webhooks:deliver",
   "imports:run",
   "integrations:prune",
+  "messages:send",
 ] as const;
 export type TaskIdentifier = (typeof TASK_IDENTIFIERS)[number];
 
@@ -36,5 +38,6 @@ export function makeTaskList(ctx: TaskContext): TaskList & Record<TaskIdentifier
     "webhooks:deliver": makeWebhooksDeliver(ctx),
     "imports:run": makeImportsRun(ctx),
     "integrations:prune": makeIntegrationsPrune(ctx),
+    "messages:send": makeMessagesSend(ctx),
   };
 }

@@ -6,7 +6,7 @@
 // crm_private.send_digests), idempotent, so they move onto the tenant job framework unchanged.
 import type { Task } from "graphile-worker";
 import { assertPayload, type TaskContext } from "../types.ts";
-import { LocalEmailProvider } from "../providers/email.ts";
+import { emailProviderFor } from "../providers/email.ts";
 
 interface DigestItem {
   kind: string;
@@ -35,7 +35,7 @@ export function renderDigest(p: EmailPayload, appUrl: string): { subject: string
 }
 
 export function makeNotificationsEmail(ctx: TaskContext): Task {
-  const provider = new LocalEmailProvider(ctx.ownerPool);
+  const provider = emailProviderFor(ctx.config, ctx.ownerPool);
   return async (payload) => {
     const p = assertPayload<EmailPayload>(payload, (v) => typeof v.notificationId === "string" || (v.digest === true && typeof v.to === "string"));
     if (p.digest) {

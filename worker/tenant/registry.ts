@@ -88,6 +88,18 @@ export const TENANT_TASKS = [
     summary: "Bills every period of the active billing schedules whose date has come (crm.invoices, crm.invoice_items: a draft, or issued per financeSettings.recurringAutoIssue; crm.billing_schedules: periodsBilled, nextDate); a period is never billed twice.",
     sqlFunction: "crm_jobs.bill_recurring",
   },
+  {
+    identifier: "messages:birthday",
+    schedule: "daily",
+    summary: "Queues the birthday message (crm.messages) to customers whose birthday is today in the organization's time zone (29 February: 28 February in other years), once a year, when the birthday automation is on.",
+    sqlFunction: "crm_jobs.send_birthday_messages",
+  },
+  {
+    identifier: "messages:inactivity",
+    schedule: "daily",
+    summary: "Queues the inactivity message (crm.messages) to customers with no paid order for the set number of days, once per inactivity episode, when the inactivity automation is on.",
+    sqlFunction: "crm_jobs.send_inactivity_messages",
+  },
 ] as const satisfies readonly TenantTaskDefinition[];
 
 export type TenantTaskIdentifier = (typeof TENANT_TASKS)[number]["identifier"];
