@@ -134,6 +134,31 @@ describe("invoices:overdue", () => {
   });
 });
 
+describe("invoices:overdue e-mails", () => {
+  test("the customer gets one e-mail per overdue invoice through the message queue, unless they opted out", async () => {
+    const payer = await customer(db, org.id, repId, "Mail Payer");
+    const quiet = await customer(db, org.id, repId, "Quiet Payer");
+    await db.owner.query("update crm.customers set email = 'pay@example.test' where id = $1", [payer]);
+    await db.owner.query("update crm.customers set email = 'quiet@example.test' where id = $1", [quiet]);
+    await db.owner.query("insert into crm.consents (organization_id, customer_id, channel, status, source) values ($1, $2, 'email', 'opted_out', 'test')", [org.id, quiet]);
+    const mailed = await issuedInvoice(db, org.id, clerkId, payer, { issueDate: "2026-01-01", dueDate: "2026-01-31" });
+    await issuedInvoice(db, org.id, clerkId, quiet, { issueDate: "2026-01-01", dueDate: "2026-01-31" });
+    for (let run = 0; run < 2; run++) {
+      await db.owner.query("select crm_private.enqueue_tenant_job('invoices:overdue', $1)", [org.id]);
+      await runJobs(db);
+    }
+    const { rows } = await db.owner.query(
+      "select customer_id, recipient, kind, subject, body from crm.messages where organization_id = $1 and customer_id = any ($2::uuid[])",
+      [org.id, [payer, quiet]],
+    );
+    const number = (await db.owner.query("select number from crm.invoices where id = $1", [mailed.id])).rows[0].number as string;
+    expect(rows.map((r) => ({ ...r, body: undefined }))).toEqual([
+      { customer_id: payer, recipient: "pay@example.test", kind: "transactional", subject: `Invoice ${number} is overdue`, body: undefined },
+    ]);
+    expect(rows[0].body).toContain("was due on 2026-01-31");
+  });
+});
+
 describe("invoices:recur", () => {
   test("a monthly schedule bills each period once, month ends kept, as drafts or issued per the setting", async () => {
     const s = await gql(

@@ -1,9 +1,8 @@
 // Finance tenant jobs. invoices:overdue marks issued invoices past their due date as overdue; the
-// database notifies the customer's owner and the Finance members in-app, once per invoice (trigger
-// _300_overdue_notify on crm.invoices). The customer is not e-mailed yet: when the messaging module
-// lands, `notifyCustomer` below queues its consent-checked e-mail for each invoice (in the job's
-// transaction, so a failed run sends nothing), and until then every invoice marked is logged.
-import type { TenantJobContext, TenantJobFn } from "../tenant/runner.ts";
+// database notifies the customer's owner and the Finance members in-app and queues the customer's
+// e-mail (consent honoured), once per invoice, in the job's transaction (trigger _300_overdue_notify on
+// crm.invoices). Every invoice marked is logged here.
+import type { TenantJobFn } from "../tenant/runner.ts";
 
 export interface OverdueInvoice {
   id: string;
@@ -14,10 +13,7 @@ export interface OverdueInvoice {
   due_date: string;
 }
 
-/** The hook for e-mailing the customer about an overdue invoice (none yet: in-app and log only). */
-export type OverdueCustomerNotifier = (ctx: TenantJobContext, invoice: OverdueInvoice) => Promise<void>;
-
-export function makeMarkOverdue(notifyCustomer?: OverdueCustomerNotifier): TenantJobFn {
+export function makeMarkOverdue(): TenantJobFn {
   return async (ctx) => {
     const { rows } = await ctx.client.query<OverdueInvoice>(
       "select id, number, customer_id, balance::text, currency, due_date::text from crm_jobs.mark_overdue_invoices($1::jsonb)",
@@ -28,7 +24,6 @@ export function makeMarkOverdue(notifyCustomer?: OverdueCustomerNotifier): Tenan
         { invoiceId: inv.id, number: inv.number, customerId: inv.customer_id, balance: inv.balance, currency: inv.currency, dueDate: inv.due_date },
         "invoice overdue",
       );
-      if (notifyCustomer) await notifyCustomer(ctx, inv);
     }
     return rows.length;
   };

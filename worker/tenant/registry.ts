@@ -79,7 +79,7 @@ export const TENANT_TASKS = [
   {
     identifier: "invoices:overdue",
     schedule: "daily",
-    summary: "Marks issued and partially paid invoices past their due date as overdue (crm.invoices: status, overdueAt) and notifies the customer's owner and the Finance members in-app, once per invoice (crm.notifications); logs each one. E-mail to the customer waits for the messaging module.",
+    summary: "Marks issued and partially paid invoices past their due date as overdue (crm.invoices: status, overdueAt) and notifies the customer's owner and the Finance members in-app, and e-mails the customer through the message queue (consent honoured), once per invoice (crm.notifications, crm.messages); logs each one.",
     handler: makeMarkOverdue(),
   },
   {
