@@ -107,8 +107,11 @@ export function mountFinanceRoutes(app: Express, deps: IntegrationDeps): void {
         res.json({ received: true, recorded: false, reason: "not a payment event" });
         return;
       }
+      // Other payments on the same Stripe account (subscriptions, unrelated charges) are acknowledged,
+      // not refused: a refusal would make Stripe retry them for days and then disable the endpoint.
       if (typeof invoiceId !== "string" || !UUID.test(invoiceId)) {
-        throw new HttpProblem(400, "VALIDATION", "The event names no invoice (metadata.invoice_id).", "metadata.invoice_id");
+        res.json({ received: true, recorded: false, reason: "the event names no invoice (metadata.invoice_id)" });
+        return;
       }
       const p = read(object);
       if (!Number.isSafeInteger(p.amount) || p.amount <= 0) throw new HttpProblem(400, "VALIDATION", "The event carries no amount.", "amount");

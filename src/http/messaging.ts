@@ -138,7 +138,9 @@ export function mountMessagingRoutes(app: Express, deps: MessagingDeps): void {
   app.post("/messaging/ses-notifications", express.text({ type: "*/*", limit: "256kb" }), async (req: Request, res: Response) => {
     const secret = config.messaging.sesNotificationSecret;
     const given = typeof req.query.secret === "string" ? req.query.secret : "";
-    if (!secret || given.length !== secret.length || !crypto.timingSafeEqual(Buffer.from(given), Buffer.from(secret))) {
+    const a = Buffer.from(given);
+    const b = Buffer.from(secret ?? "");
+    if (!secret || a.length !== b.length || !crypto.timingSafeEqual(a, b)) {
       res.status(403).json({ errors: [{ message: "Forbidden", extensions: { code: "FORBIDDEN" } }] });
       return;
     }

@@ -1,13 +1,11 @@
 // The GraphQL examples of docs/commerce.md run, in order, against an organization seeded like the
 // demo one: every block marked `# run as <user>` (with the JSON block after it as its variables,
 // placeholders such as "<customer>" filled in from the data) answers without errors.
-import fs from "node:fs/promises";
-import path from "node:path";
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 import { startServer, type TestServer } from "../helpers/server.ts";
 import { addMember, createOrg, startSession, type TestOrg } from "../helpers/identity.ts";
-import { ROOT_DIR } from "../../src/config.ts";
+import { docChain } from "../helpers/doc-chains.ts";
 import { seedDemoData } from "../../src/db/seed-demo.ts";
 
 let db: TestDb;
@@ -15,24 +13,6 @@ let server: TestServer;
 let org: TestOrg;
 const tokens: Record<string, string> = {};
 
-interface Example {
-  who: string;
-  query: string;
-  variables: string | null;
-}
-
-async function examples(): Promise<Example[]> {
-  const md = await fs.readFile(path.join(ROOT_DIR, "docs", "commerce.md"), "utf8");
-  const blocks = [...md.matchAll(/```(graphql|json)\n([\s\S]*?)```/g)].map((m) => ({ lang: m[1]!, body: m[2]! }));
-  const found: Example[] = [];
-  blocks.forEach((b, i) => {
-    const who = b.lang === "graphql" ? b.body.match(/^# run as (\S+)\n/)?.[1] : undefined;
-    if (!who) return;
-    const next = blocks[i + 1];
-    found.push({ who, query: b.body, variables: next?.lang === "json" ? next.body : null });
-  });
-  return found;
-}
 
 beforeAll(async () => {
   db = await createTestDb();
@@ -49,7 +29,7 @@ afterAll(async () => {
 });
 
 test("every marked example of docs/commerce.md runs against the demo data", async () => {
-  const list = await examples();
+  const list = await docChain("commerce.md");
   expect(list.length).toBeGreaterThanOrEqual(10);
   const q = async (sql: string, params: unknown[]) => (await db.owner.query(sql, params)).rows;
   const products = await q("select id from crm.products where organization_id = $1 and is_active and deleted_at is null order by sku limit 3", [org.id]);

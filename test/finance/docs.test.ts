@@ -1,13 +1,11 @@
 // The GraphQL examples of docs/finance.md run, in order, against an organization seeded like the demo
 // one: every block marked `# run as <user>` (with the JSON block after it as its variables,
 // placeholders such as "<customer>" filled in from the data) answers without errors.
-import fs from "node:fs/promises";
-import path from "node:path";
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 import { startServer, type TestServer } from "../helpers/server.ts";
 import { addMember, createOrg, startSession, type TestOrg } from "../helpers/identity.ts";
-import { ROOT_DIR } from "../../src/config.ts";
+import { docChain } from "../helpers/doc-chains.ts";
 import { seedDemoData } from "../../src/db/seed-demo.ts";
 
 let db: TestDb;
@@ -16,24 +14,6 @@ let org: TestOrg;
 let clientId: string;
 const tokens: Record<string, string> = {};
 
-interface Example {
-  who: string;
-  query: string;
-  variables: string | null;
-}
-
-async function examples(): Promise<Example[]> {
-  const md = await fs.readFile(path.join(ROOT_DIR, "docs", "finance.md"), "utf8");
-  const blocks = [...md.matchAll(/```(graphql|json)\n([\s\S]*?)```/g)].map((m) => ({ lang: m[1]!, body: m[2]! }));
-  const found: Example[] = [];
-  blocks.forEach((b, i) => {
-    const who = b.lang === "graphql" ? b.body.match(/^# run as (\S+)\n/)?.[1] : undefined;
-    if (!who) return;
-    const next = blocks[i + 1];
-    found.push({ who, query: b.body, variables: next?.lang === "json" ? next.body : null });
-  });
-  return found;
-}
 
 beforeAll(async () => {
   db = await createTestDb();
@@ -51,7 +31,7 @@ afterAll(async () => {
 });
 
 test("every marked example of docs/finance.md runs against the demo data", async () => {
-  const list = await examples();
+  const list = await docChain("finance.md");
   expect(list.length).toBeGreaterThanOrEqual(12);
   const q = async (sql: string, params: unknown[] = [org.id]) => (await db.owner.query(sql, params)).rows;
   // A customer with two orders that no invoice bills yet.

@@ -147,6 +147,11 @@ describe("GET /invoices/:id.pdf", () => {
     await db.owner.query("update crm.organization_memberships set client_customer_id = $1 where user_id = $2", [buyer, clientId]);
     const client = (await startSession(db, clientId, org.id)).accessToken;
     expect((await getPdf(invoiceId, client)).status).toBe(200);
+    // A draft is not the customer's yet: its client principal does not see it.
+    const [d] = await asMember(db, org.id, clerkId, "select (crm.create_invoice($1, array[row('Draft line', 1, 10, 0, null)::crm.invoice_line])).id", [buyer]);
+    const draftId = d.id as string;
+    expect((await getPdf(draftId, clerk)).status).toBe(200);
+    expect((await getPdf(draftId, client)).status).toBe(404);
   });
 });
 
@@ -188,6 +193,24 @@ describe("POST /webhooks/stripe/:organizationId", () => {
     expect(replay.body).toMatchObject({ recorded: false, replayed: true, paymentId: first.body.paymentId });
     const both = await Promise.all([post(org.id, payload), post(org.id, payload)]);
     expect(both.map((r) => r.status)).toEqual([200, 200]);
+    // The same payment told again by its Checkout Session (another event id, the same PaymentIntent).
+    const session = JSON.stringify({
+      id: "evt_1_checkout",
+      object: "event",
+      type: "checkout.session.completed",
+      data: { object: { id: "cs_1", object: "checkout.session", amount_total: 50000, currency: "usd", payment_status: "paid", payment_intent: "pi_evt_1", metadata: { invoice_id: invoiceId } } },
+    });
+    const told = await post(org.id, session);
+    expect(told.status).toBe(200);
+    expect(told.body).toMatchObject({ recorded: false, replayed: true, paymentId: first.body.paymentId });
+    // A payment on the account that names no invoice is acknowledged (Stripe would retry a refusal).
+    const unrelated = await post(org.id, JSON.stringify({
+      id: "evt_subscription",
+      object: "event",
+      type: "payment_intent.succeeded",
+      data: { object: { id: "pi_sub", object: "payment_intent", amount: 900, amount_received: 900, currency: "usd", metadata: {} } },
+    }));
+    expect({ status: unrelated.status, body: unrelated.body }).toMatchObject({ status: 200, body: { received: true, recorded: false } });
     const rows = await db.owner.query("select amount::text, method, provider, provider_event_id, recorded_by from crm.invoice_payments where invoice_id = $1", [invoiceId]);
     const principal = (await db.owner.query("select crm.system_principal_id($1) as id", [org.id])).rows[0].id;
     expect(rows.rows).toEqual([{ amount: "500.00", method: "card", provider: "stripe", provider_event_id: "evt_1", recorded_by: principal }]);
