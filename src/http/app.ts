@@ -141,6 +141,10 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const rateLimits = makeRateLimits(config.hardening.rateLimit, deps.ownerPool, logger);
   app.use("/graphql", cancellation.middleware);
   app.use("/graphql", rateLimits.byAddress);
+  // The other routes a caller can repeat at will (public message links, invoice PDFs, CSV import and
+  // export) draw on the same budget per address. Provider webhooks (Stripe, SNS) are authenticated and
+  // arrive in bursts from a few addresses, so they are left out.
+  for (const path of ["/unsubscribe", "/t", "/invoices", "/import", "/export"]) app.use(path, rateLimits.byAddress);
 
   // Token → pgSettings before GraphQL runs, so a bad token is a clean HTTP 401 with a stable code.
   app.use("/graphql", async (req: Request, res: Response, next: NextFunction) => {

@@ -3,7 +3,7 @@
 // provider's acceptance and the database write neither sends twice nor loses a message after restart.
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { createTestDb, sqlError, asUser, type TestDb } from "../helpers/db.ts";
-import { createOrg, type TestOrg } from "../helpers/identity.ts";
+import { addMember, createOrg, type TestOrg } from "../helpers/identity.ts";
 import { asAdmin, campaign, customer, execute, messages, outbox, send, template, workerContext } from "../helpers/messaging.ts";
 import { makeProviders, type Providers } from "../../worker/tasks/messages-send.ts";
 import { runJobs } from "../helpers/worker.ts";
@@ -61,6 +61,26 @@ describe("executeCampaign", () => {
     expect((await messages(db, id)).map((m) => m.status)).toEqual(["pending", "pending"]);
     expect((await execute(db, org, id)).status).toBe("active");
     expect((await messages(db, id)).map((m) => m.recipient)).toEqual(["c1@fanout.test", "c2@fanout.test", "c3@fanout.test"]);
+  });
+
+  test("a segment reaches only the customers its caller sees (a role with campaign codes and customers:read_own)", async () => {
+    const role = (
+      await db.owner.query("insert into crm.roles (organization_id, name, description) values ($1, 'Own campaigner', 'test') returning id", [org.id])
+    ).rows[0].id as string;
+    await db.owner.query(
+      `insert into crm.role_permissions (organization_id, role_id, permission_code)
+       select $1, $2, unnest(array['campaigns:read', 'campaigns:update', 'campaigns:execute', 'customers:read_own'])`,
+      [org.id, role],
+    );
+    const rep = await addMember(db, { ...org, roles: { ...org.roles, "Own campaigner": role } }, "own-campaigner", "Own campaigner");
+    await db.owner.query("update crm.customers set owner_id = $2, custom_fields = '{\"wave\": 3}' where organization_id = $1 and name in ('Customer 10', 'Customer 11')", [org.id, rep]);
+    await db.owner.query("update crm.customers set custom_fields = '{\"wave\": 3}' where organization_id = $1 and name in ('Customer 12', 'Customer 13')", [org.id]);
+    const id = await campaign(db, org, "Own wave", templateId, { all: [{ field: "custom_field", key: "wave", op: "=", value: 3 }] });
+    const segmentId = (await db.owner.query("select segment_id from crm.campaigns where id = $1", [id])).rows[0].segment_id as string;
+    const added = await asUser(db, { sub: rep, org: org.id }, async (c) => (await c.query("select crm.add_campaign_segment($1, $2) as n", [id, segmentId])).rows[0].n, { commit: true });
+    expect(added).toBe(2);
+    await asUser(db, { sub: rep, org: org.id }, (c) => c.query("select crm.execute_campaign($1)", [id]), { commit: true });
+    expect((await messages(db, id)).map((m) => m.recipient).sort()).toEqual(["c10@fanout.test", "c11@fanout.test"]);
   });
 
   test("workflow: illegal moves are INVALID_STATE; completed campaigns cannot execute; soft delete cancels unsent messages", async () => {

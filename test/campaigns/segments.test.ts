@@ -117,6 +117,9 @@ describe("injection attempts are refused with VALIDATION naming the path", () =>
     ["an extra key", { all: [{ field: "status", op: "=", value: "lead", sql: "1=1" }] }, "filter.all.0"],
     ["a nested path", { all: [{ any: [{ field: "tag", op: "=", value: "VIP" }] }] }, "filter.all.0.any.0.op"],
     ["not a document", { where: "1=1" }, "filter"],
+    // 17 nested nots: deeper documents would only exhaust the stack (INTERNAL) instead of a coded error.
+    ["nested too deeply", Array.from({ length: 17 }).reduce<unknown>((inner) => ({ not: inner }), { field: "status", op: "=", value: "lead" }),
+     `filter.${Array(17).fill("not").join(".")}`],
   ];
   for (const [name, filter, path] of attempts) {
     test(name, async () => {

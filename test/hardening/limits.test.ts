@@ -69,6 +69,9 @@ describe("rate limits", () => {
     expect(statuses).toEqual([200, 200, 200, 200, 429, 429]);
     const byAddress = await one.gql(`{ __typename }`);
     expect(byAddress.body.errors?.[0]?.extensions).toMatchObject({ code: "RATE_LIMITED", limit: "address" });
+    // The same budget covers the other routes a caller can repeat (here a public unsubscribe link).
+    const link = await fetch(`${two.url}/unsubscribe/not-a-token`);
+    expect(link.status).toBe(429);
   });
 
   test("off unless enabled (the test suites run with it off)", async () => {
